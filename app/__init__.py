@@ -1,0 +1,3 @@
+"""RIX, the Regional Imaging eXchange."""
+
+__version__ = "0.1.0"

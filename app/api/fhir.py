@@ -1,0 +1,407 @@
+"""The FHIR REST edge: ONE table of interactions, registered for every type of the registry.
+
+Handlers parse the wire format, call the resource service, and render FHIR JSON; no business
+rules and no SQL live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api import media
+from app.api.errors import request_id
+from app.errors import Invalid, PreconditionFailed
+from app.fhir.bundles import information, subset
+from app.fhir.capability import capability_statement
+from app.fhir.values import http_date
+from app.services import rendering
+from app.services.bundles import process_bundle
+from app.services.runtime import Runtime
+from app.storage.repository import Stored
+
+Handler = Callable[..., Awaitable[Response]]
+
+_FHIR_JSON_CONTENT = {media.FHIR_JSON: {"schema": {"type": "object"}}}
+_OUTCOME = {"description": "OperationOutcome", "content": _FHIR_JSON_CONTENT}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: _OUTCOME for code in (400, 401, 403, 404, 405, 406, 409, 410, 412, 415, 422)
+}
+
+
+def runtime(request: Request) -> Runtime:
+    """The process runtime attached by create_app."""
+    rt: Runtime = request.app.state.rix
+    return rt
+
+
+def base_url(request: Request) -> str:
+    """The absolute FHIR base URL used in links, Location and fullUrl."""
+    configured = runtime(request).settings.base_url
+    if configured:
+        return configured.rstrip("/")
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def query_pairs(request: Request) -> list[tuple[str, str]]:
+    """The query string as (key, value) pairs, repetitions kept."""
+    return list(request.query_params.multi_items())
+
+
+def _criteria(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in query_pairs(request) if k not in ("_format", "_pretty")]
+
+
+def _prefer(request: Request, name: str) -> str | None:
+    for part in request.headers.get("prefer", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip() == name:
+            return value.strip().strip('"')
+    return None
+
+
+def _if_match(request: Request) -> int | None:
+    header = request.headers.get("if-match")
+    if not header:
+        return None
+    value = header.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise PreconditionFailed(f"If-Match '{header}' is not a version ETag like W/\"3\"")
+    return int(value)
+
+
+def resource_headers(stored: Stored, base: str, *, location: bool = False) -> dict[str, str]:
+    """ETag and Last-Modified (and Location for creates) of a stored version."""
+    headers = {"ETag": f'W/"{stored.version}"', "Last-Modified": http_date(stored.last_updated)}
+    if location:
+        headers["Location"] = f"{base}/{stored.type}/{stored.id}/_history/{stored.version}"
+    return headers
+
+
+def _written(request: Request, stored: Stored, status: int) -> Response:
+    base = base_url(request)
+    headers = resource_headers(stored, base, location=status == 201)
+    prefer = _prefer(request, "return")
+    if prefer == "minimal":
+        return media.fhir_response(None, status, headers)
+    if prefer == "OperationOutcome":
+        text = f"{stored.type}/{stored.id} version {stored.version} stored"
+        return media.fhir_response(information(text, request_id(request)), status, headers)
+    return media.fhir_response(stored.content, status, headers)
+
+
+def _lenient(request: Request) -> bool:
+    return _prefer(request, "handling") == "lenient"
+
+
+class Interactions:
+    """The interactions of one resource type, bound to its name."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type = type_name
+
+    async def search(self, request: Request) -> Response:
+        """search-type: GET [base]/[type]?params"""
+        return await self._search(request, _criteria(request))
+
+    async def search_post(self, request: Request) -> Response:
+        """search-type: POST [base]/[type]/_search (form body)."""
+        kind = media.media_type(request.headers.get("content-type"))
+        if kind and kind != "application/x-www-form-urlencoded":
+            raise Invalid("POST _search takes application/x-www-form-urlencoded parameters")
+        form = parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True)
+        return await self._search(request, _criteria(request) + form)
+
+    async def _search(self, request: Request, pairs: list[tuple[str, str]]) -> Response:
+        media.wanted_format(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> dict[str, Any]:
+            with rt.resources(base) as svc:
+                result = svc.search(self.type, pairs, lenient=_lenient(request))
+                return rendering.searchset(base, f"{base}/{self.type}", result)
+
+        return media.fhir_response(await run_in_threadpool(run))
+
+    async def create(self, request: Request) -> Response:
+        """create (and conditional create: If-None-Exist header or query-string criteria)."""
+        media.wanted_format(request)
+        body = await media.read_json(request)
+        criteria = _criteria(request)
+        header = request.headers.get("if-none-exist")
+        if header:
+            criteria += parse_qsl(header.lstrip("?"), keep_blank_values=True)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> tuple[Stored, int]:
+            with rt.resources(base, write=True) as svc:
+                written = svc.create(self.type, body, criteria or None)
+                return written.stored, written.status
+
+        stored, status = await run_in_threadpool(run)
+        return _written(request, stored, status)
+
+    async def read(self, request: Request, id: str) -> Response:
+        """read: GET [base]/[type]/[id]"""
+        media.wanted_format(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> Stored:
+            with rt.resources(base) as svc:
+                return svc.read(self.type, id)
+
+        stored = await run_in_threadpool(run)
+        return self._render_read(request, stored)
+
+    async def vread(self, request: Request, id: str, vid: str) -> Response:
+        """vread: GET [base]/[type]/[id]/_history/[vid]"""
+        media.wanted_format(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> Stored:
+            with rt.resources(base) as svc:
+                return svc.vread(self.type, id, vid)
+
+        return self._render_read(request, await run_in_threadpool(run))
+
+    def _render_read(self, request: Request, stored: Stored) -> Response:
+        headers = resource_headers(stored, base_url(request))
+        etag = request.headers.get("if-none-match")
+        if etag and etag.strip() == headers["ETag"]:
+            return Response(status_code=304, headers=headers)
+        elements = request.query_params.get("_elements")
+        summary = request.query_params.get("_summary")
+        if elements or summary == "data":
+            fields = [e.strip() for e in (elements or "").split(",") if e.strip()] or None
+            return media.fhir_response(subset(stored.resource, fields, summary), headers=headers)
+        return media.fhir_response(stored.content, headers=headers)
+
+    async def update(self, request: Request, id: str) -> Response:
+        """update (update-as-create when the id is new): PUT [base]/[type]/[id]"""
+        media.wanted_format(request)
+        body = await media.read_json(request)
+        if_match = _if_match(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> tuple[Stored, int]:
+            with rt.resources(base, write=True) as svc:
+                written = svc.update(self.type, id, body, if_match)
+                return written.stored, written.status
+
+        stored, status = await run_in_threadpool(run)
+        return _written(request, stored, status)
+
+    async def conditional_update(self, request: Request) -> Response:
+        """conditional update: PUT [base]/[type]?criteria"""
+        media.wanted_format(request)
+        body = await media.read_json(request)
+        criteria, if_match = _criteria(request), _if_match(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> tuple[Stored, int]:
+            with rt.resources(base, write=True) as svc:
+                written = svc.conditional_update(self.type, criteria, body, if_match)
+                return written.stored, written.status
+
+        stored, status = await run_in_threadpool(run)
+        return _written(request, stored, status)
+
+    async def patch(self, request: Request, id: str) -> Response:
+        """patch (JSON Patch): PATCH [base]/[type]/[id]"""
+        media.wanted_format(request)
+        ops = await media.read_json(request, allow={media.JSON_PATCH})
+        if_match = _if_match(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> Stored:
+            with rt.resources(base, write=True) as svc:
+                return svc.patch(self.type, id, ops, if_match).stored
+
+        return _written(request, await run_in_threadpool(run), 200)
+
+    async def conditional_patch(self, request: Request) -> Response:
+        """conditional patch: PATCH [base]/[type]?criteria"""
+        media.wanted_format(request)
+        ops = await media.read_json(request, allow={media.JSON_PATCH})
+        criteria, if_match = _criteria(request), _if_match(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> Stored:
+            with rt.resources(base, write=True) as svc:
+                return svc.conditional_patch(self.type, criteria, ops, if_match).stored
+
+        return _written(request, await run_in_threadpool(run), 200)
+
+    async def delete(self, request: Request, id: str) -> Response:
+        """delete: DELETE [base]/[type]/[id] (a tombstone; history is kept)."""
+        if_match = _if_match(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> Stored | None:
+            with rt.resources(base, write=True) as svc:
+                return svc.delete(self.type, id, if_match)
+
+        stored = await run_in_threadpool(run)
+        headers = {"ETag": f'W/"{stored.version}"'} if stored else {}
+        return media.fhir_response(None, 204, headers)
+
+    async def conditional_delete(self, request: Request) -> Response:
+        """conditional delete: DELETE [base]/[type]?criteria (one match at most)."""
+        criteria = _criteria(request)
+        rt, base = runtime(request), base_url(request)
+
+        def run() -> Stored | None:
+            with rt.resources(base, write=True) as svc:
+                return svc.conditional_delete(self.type, criteria)
+
+        stored = await run_in_threadpool(run)
+        if stored is None:
+            text = f"No {self.type} matched; nothing deleted"
+            return media.fhir_response(information(text, request_id(request)), 200)
+        return media.fhir_response(None, 204, {"ETag": f'W/"{stored.version}"'})
+
+    async def history_type(self, request: Request) -> Response:
+        """history-type: GET [base]/[type]/_history"""
+        return await _history(request, self.type, None)
+
+    async def history_instance(self, request: Request, id: str) -> Response:
+        """history-instance: GET [base]/[type]/[id]/_history"""
+        return await _history(request, self.type, id)
+
+
+async def _history(request: Request, type_name: str | None, resource_id: str | None) -> Response:
+    media.wanted_format(request)
+    rt, base = runtime(request), base_url(request)
+    url = "/".join(p for p in (base, type_name, resource_id) if p) + "/_history"
+    pairs = _criteria(request)
+
+    def run() -> dict[str, Any]:
+        with rt.resources(base) as svc:
+            return rendering.history(base, url, pairs, svc.history(type_name, resource_id, pairs))
+
+    return media.fhir_response(await run_in_threadpool(run))
+
+
+async def history_system(request: Request) -> Response:
+    """history-system: GET [base]/_history"""
+    return await _history(request, None, None)
+
+
+async def batch_or_transaction(request: Request) -> Response:
+    """batch / transaction: POST [base] with a Bundle (FHIR R4 http.html#transaction)."""
+    media.wanted_format(request)
+    body = await media.read_json(request)
+    rt, base = runtime(request), base_url(request)
+    return_pref = _prefer(request, "return") or "representation"
+
+    def run() -> dict[str, Any]:
+        return process_bundle(rt, base, body, return_pref=return_pref)
+
+    return media.fhir_response(await run_in_threadpool(run))
+
+
+async def metadata(request: Request) -> Response:
+    """capabilities: GET [base]/metadata (no authentication)."""
+    media.wanted_format(request)
+    rt = runtime(request)
+    return media.fhir_response(capability_statement(rt.registry, base_url(request), rt.settings))
+
+
+# The interaction table: (method, path under /fhir/{type}, handler name, summary).
+TYPE_ROUTES = (
+    ("GET", "", "search", "search-type"),
+    ("POST", "", "create", "create / conditional create"),
+    ("PUT", "", "conditional_update", "conditional update"),
+    ("PATCH", "", "conditional_patch", "conditional patch (JSON Patch)"),
+    ("DELETE", "", "conditional_delete", "conditional delete"),
+    ("POST", "/_search", "search_post", "search-type (POST form)"),
+    ("GET", "/_history", "history_type", "history-type"),
+    ("GET", "/{id}", "read", "read"),
+    ("PUT", "/{id}", "update", "update / update-as-create"),
+    ("PATCH", "/{id}", "patch", "patch (JSON Patch)"),
+    ("DELETE", "/{id}", "delete", "delete"),
+    ("GET", "/{id}/_history", "history_instance", "history-instance"),
+    ("GET", "/{id}/_history/{vid}", "vread", "vread"),
+)
+
+_JSON_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {t: {"schema": {"type": "object"}} for t in sorted(media.JSON_TYPES)},
+    }
+}
+_PATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {media.JSON_PATCH: {"schema": {"type": "array", "items": {"type": "object"}}}},
+    }
+}
+
+
+def build_router(rt: Runtime) -> APIRouter:
+    """The /fhir router: system interactions, then the table above for every registered type."""
+    router = APIRouter(prefix="/fhir", responses=_ERRORS)
+    ok = {200: {"description": "FHIR resource or Bundle", "content": _FHIR_JSON_CONTENT}}
+    router.add_api_route(
+        "/metadata",
+        metadata,
+        methods=["GET"],
+        tags=["system"],
+        summary="capabilities",
+        responses=ok,
+        response_class=Response,
+    )
+    router.add_api_route(
+        "",
+        batch_or_transaction,
+        methods=["POST"],
+        tags=["system"],
+        summary="batch / transaction",
+        responses=ok,
+        response_class=Response,
+        openapi_extra=_JSON_BODY,
+    )
+    router.add_api_route(
+        "/_history",
+        history_system,
+        methods=["GET"],
+        tags=["system"],
+        summary="history-system",
+        responses=ok,
+        response_class=Response,
+    )
+    for type_name in rt.registry.names():
+        handlers = Interactions(type_name)
+        for method, path, name, summary in TYPE_ROUTES:
+            extra = None
+            if method in ("POST", "PUT") and name != "search_post":
+                extra = _JSON_BODY
+            elif method == "PATCH":
+                extra = _PATCH_BODY
+            responses: dict[int | str, dict[str, Any]] = dict(ok)
+            if name in ("create", "update", "conditional_update"):
+                responses[201] = {"description": "Created", "content": _FHIR_JSON_CONTENT}
+            if name in ("delete", "conditional_delete"):
+                responses[204] = {"description": "Deleted"}
+            router.add_api_route(
+                f"/{type_name}{path}",
+                getattr(handlers, name),
+                methods=[method],
+                tags=[type_name],
+                summary=f"{type_name} {summary}",
+                operation_id=f"{name}_{type_name}",
+                responses=responses,
+                response_class=Response,
+                openapi_extra=extra,
+            )
+    return router
+
+
+def install(app: FastAPI, rt: Runtime) -> None:
+    """Mount the FHIR API."""
+    app.include_router(build_router(rt))

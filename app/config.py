@@ -1,0 +1,38 @@
+"""Settings read from RIX_ environment variables; built by create_app, never at import time."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of a RIX process. Each field is the variable RIX_<NAME> (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="RIX_", extra="ignore")
+
+    env: Literal["development", "production", "test"] = "development"
+    database_url: str = "sqlite:///./rix.db"
+    data_dir: Path = Path("./.rix")
+    base_url: str | None = Field(
+        default=None,
+        description="Public base URL of the FHIR endpoint (e.g. https://rix.example/fhir); "
+        "derived from each request when unset.",
+    )
+    default_page_size: int = Field(default=20, ge=1)
+    max_page_size: int = Field(default=500, ge=1)
+    max_include: int = Field(default=1000, ge=1, description="Cap on _include/_revinclude rows")
+    db_pool_size: int = Field(default=10, ge=1)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process settings from the environment (overridable in tests via create_app)."""
+    return Settings()

@@ -1,0 +1,99 @@
+"""The CapabilityStatement, generated from the resource registry (FHIR R4 capabilitystatement)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import __version__
+from app.config import Settings
+from app.fhir.bundles import RIX_CANONICAL
+from app.fhir.registry import Registry
+from app.fhir.values import format_instant, now_utc
+
+_RESULT_PARAMS = (
+    ("_sort", "string", "Sort keys, comma-separated, '-' for descending"),
+    ("_count", "number", "Page size (capped by the server maximum)"),
+    ("_include", "special", "Type:param[:Target], with :iterate"),
+    ("_revinclude", "special", "Type:param[:Target], with :iterate"),
+    ("_summary", "token", "count | data | false"),
+    ("_elements", "string", "Top-level elements to return"),
+    ("_total", "token", "none | estimate | accurate"),
+    ("_has", "special", "Reverse chaining: _has:Type:reference:param=value"),
+)
+
+
+def capability_statement(registry: Registry, base_url: str, settings: Settings) -> dict[str, Any]:
+    """What this server does, for every registered type."""
+    resources = []
+    for name in registry.names():
+        definition = registry.get(name)
+        params = [
+            {
+                "name": p.code,
+                "definition": f"http://hl7.org/fhir/SearchParameter/{name}-{p.code}"
+                if not p.code.startswith("_")
+                else f"http://hl7.org/fhir/SearchParameter/Resource-{p.code[1:]}",
+                "type": p.type,
+                **({"documentation": p.description} if p.description else {}),
+            }
+            for p in sorted(definition.params.values(), key=lambda p: p.code)
+        ]
+        params += [
+            {"name": code, "type": type_, "documentation": doc}
+            for code, type_, doc in _RESULT_PARAMS
+        ]
+        resources.append(
+            {
+                "type": name,
+                "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
+                "interaction": [{"code": i} for i in definition.interactions],
+                "versioning": "versioned-update",
+                "readHistory": True,
+                "updateCreate": True,
+                "conditionalCreate": definition.conditional_create,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": definition.conditional_update,
+                "conditionalDelete": "single" if definition.conditional_delete else "not-supported",
+                "referencePolicy": ["literal", "logical", "resolves"],
+                "searchInclude": sorted(
+                    f"{name}:{p.code}" for p in definition.params.values() if p.type == "reference"
+                ),
+                "searchRevInclude": sorted(
+                    f"{other}:{p.code}"
+                    for other in registry.names()
+                    for p in registry.get(other).params.values()
+                    if p.type == "reference" and (not p.targets or name in p.targets)
+                ),
+                "searchParam": params,
+            }
+        )
+    return {
+        "resourceType": "CapabilityStatement",
+        "url": f"{RIX_CANONICAL}/CapabilityStatement/rix",
+        "name": "RIX",
+        "title": "RIX - Regional Imaging eXchange",
+        "status": "active",
+        "date": format_instant(now_utc())[:10],
+        "publisher": "RIX",
+        "kind": "instance",
+        "software": {"name": "RIX", "version": __version__},
+        "implementation": {"description": "RIX FHIR R4 server", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Search results page on a snapshot: next/previous links carry _offset and "
+                    "_snapshot so that resources created while a client pages never shift pages."
+                ),
+                "resource": resources,
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "history-system"},
+                ],
+            }
+        ],
+    }

@@ -1,0 +1,90 @@
+"""The resource registry: one entry per served type drives routes, search, capability, OpenAPI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.errors import NotFound
+from app.fhir.searchparams import SearchParam, load_definitions, params_for
+
+# The types RIX serves (FHIR R4). Adding one here needs no migration.
+SERVED_TYPES = (
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Endpoint",
+    "ServiceRequest",
+    "ImagingStudy",
+    "DocumentReference",
+    "List",
+    "Binary",
+    "Consent",
+    "AuditEvent",
+    "Task",
+    "Provenance",
+)
+
+INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
+
+
+@dataclass
+class ResourceDefinition:
+    """What the server knows about one resource type."""
+
+    name: str
+    params: dict[str, SearchParam] = field(default_factory=dict)
+    interactions: tuple[str, ...] = INTERACTIONS
+    conditional_create: bool = True
+    conditional_update: bool = True
+    conditional_delete: bool = True
+
+    def param(self, code: str) -> SearchParam | None:
+        """The search parameter called `code`, if the type has one."""
+        return self.params.get(code)
+
+    def add(self, param: SearchParam) -> None:
+        """Register an extra (RIX or IHE profile) search parameter."""
+        self.params[param.code] = param
+
+
+class Registry:
+    """The served resource types by name."""
+
+    def __init__(self, definitions: dict[str, ResourceDefinition]) -> None:
+        self.types = definitions
+
+    def get(self, name: str) -> ResourceDefinition:
+        """The definition of `name`; an unknown or unserved type is a 404."""
+        try:
+            return self.types[name]
+        except KeyError:
+            raise NotFound(f"Resource type '{name}' is not supported by this server") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.types
+
+    def names(self) -> list[str]:
+        """The served type names, in registration order."""
+        return list(self.types)
+
+
+def build_registry() -> Registry:
+    """The registry of SERVED_TYPES with their R4 search parameters."""
+    definitions = load_definitions()
+    return Registry(
+        {
+            name: ResourceDefinition(name, {p.code: p for p in params_for(name, definitions)})
+            for name in SERVED_TYPES
+        }
+    )

@@ -1,0 +1,68 @@
+"""Search-parameter definitions as data: the R4 set for our types plus the common `_` ones."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from app.fhir.fhirpath import Path, compile_path
+
+SEARCH_TYPES = ("token", "string", "date", "reference", "uri", "number")
+
+# Parameters every type has. `_id` and `_lastUpdated` live on the resource row itself.
+COMMON = (
+    ("_id", "token", None),
+    ("_lastUpdated", "date", None),
+    ("_tag", "token", "{type}.meta.tag"),
+    ("_security", "token", "{type}.meta.security"),
+    ("_profile", "uri", "{type}.meta.profile"),
+)
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One search parameter of one resource type."""
+
+    code: str
+    type: str
+    expression: str | None
+    targets: tuple[str, ...] = ()
+    description: str = ""
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        code: str,
+        type_: str,
+        expression: str | None,
+        targets: tuple[str, ...] = (),
+        description: str = "",
+    ) -> SearchParam:
+        """A parameter with its expression compiled (raises on an unsupported expression)."""
+        if type_ not in SEARCH_TYPES:
+            raise ValueError(f"search type {type_!r} of {code!r} is not supported")
+        path = compile_path(expression) if expression else None
+        return cls(code, type_, expression, targets, description, path)
+
+
+def load_definitions() -> dict[str, list[dict[str, Any]]]:
+    """The R4 SearchParameter definitions in app/fhir/data (from scripts/gen_fhir_data.py)."""
+    text = resources.files("app.fhir").joinpath("data/search_parameters.json").read_text("utf-8")
+    data: dict[str, list[dict[str, Any]]] = json.loads(text)
+    return data
+
+
+def params_for(type_name: str, definitions: dict[str, list[dict[str, Any]]]) -> list[SearchParam]:
+    """The common parameters plus the type's own definitions."""
+    out = [
+        SearchParam.build(code, type_, expr.format(type=type_name) if expr else None)
+        for code, type_, expr in COMMON
+    ]
+    for d in definitions.get(type_name, []):
+        out.append(
+            SearchParam.build(d["code"], d["type"], d["expression"], tuple(d.get("target", ())))
+        )
+    return out

@@ -1,0 +1,313 @@
+"""FHIR RESTful interactions as use cases: read, vread, create, update, patch, delete,
+their conditional forms, search and history (FHIR R4 http.html), over the repository."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonpatch
+
+from app.errors import Gone, Invalid, Issue, NotFound, PreconditionFailed, Unprocessable
+from app.fhir import models
+from app.fhir.registry import Registry
+from app.fhir.search import SearchParser, SearchQuery, parse_int
+from app.fhir.values import parse_search_date
+from app.storage.repository import Repository, Stored
+
+_ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+def check_id(resource_id: str) -> str:
+    """A FHIR logical id: 1-64 of [A-Za-z0-9-.]."""
+    if not 1 <= len(resource_id) <= 64 or set(resource_id) - _ID_CHARS:
+        raise Invalid(
+            f"'{resource_id}' is not a valid FHIR id (1-64 characters: A-Z a-z 0-9 - .)",
+            issues=[Issue("value", f"Invalid id '{resource_id}'", expression=["id"])],
+        )
+    return resource_id
+
+
+@dataclass
+class Written:
+    """The result of a write: HTTP status (200/201) and the stored version."""
+
+    status: int
+    stored: Stored
+
+
+@dataclass
+class SearchResult:
+    """A search's page, its total, and included resources."""
+
+    query: SearchQuery
+    matches: list[Stored]
+    total: int | None
+    included: list[Stored] = field(default_factory=list)
+
+
+@dataclass
+class HistoryResult:
+    """A page of history entries newest first, their total, and the snapshot to page with."""
+
+    entries: list[Stored]
+    total: int
+    snapshot: int
+    count: int
+    offset: int
+
+
+class ResourceService:
+    """The FHIR REST interactions of every registered type, within one unit of work."""
+
+    def __init__(self, repo: Repository, registry: Registry, parser: SearchParser) -> None:
+        self.repo = repo
+        self.registry = registry
+        self.parser = parser
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def read(self, type_name: str, resource_id: str) -> Stored:
+        """FHIR read: the current version; 404 if unknown, 410 if deleted."""
+        self.registry.get(type_name)
+        stored = self.repo.current(type_name, resource_id)
+        if stored is None:
+            raise NotFound(f"{type_name}/{resource_id} is not known")
+        if stored.deleted:
+            raise Gone(f"{type_name}/{resource_id} has been deleted")
+        return stored
+
+    def vread(self, type_name: str, resource_id: str, version: str) -> Stored:
+        """FHIR vread: one version; 410 for the version that records a deletion."""
+        self.registry.get(type_name)
+        if not version.isdigit():
+            raise NotFound(f"{type_name}/{resource_id} has no version '{version}'")
+        stored = self.repo.version(type_name, resource_id, int(version))
+        if stored is None:
+            raise NotFound(f"{type_name}/{resource_id} has no version {version}")
+        if stored.deleted:
+            raise Gone(f"Version {version} of {type_name}/{resource_id} is a deletion")
+        return stored
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _validated(
+        self, type_name: str, body: Any, resource_id: str | None = None
+    ) -> dict[str, Any]:
+        self.registry.get(type_name)
+        resource = models.validate(body, type_name)
+        if resource_id is not None and resource.get("id") != resource_id:
+            if "id" not in resource:
+                raise Invalid(
+                    "The resource in an update must carry its id",
+                    issues=[Issue("required", "Missing id", expression=[f"{type_name}.id"])],
+                )
+            raise Invalid(
+                f"The id in the body ({resource.get('id')}) does not match the URL ({resource_id})",
+                issues=[Issue("invalid", "id mismatch", expression=[f"{type_name}.id"])],
+            )
+        return resource
+
+    def create(
+        self,
+        type_name: str,
+        body: Any,
+        if_none_exist: list[tuple[str, str]] | None = None,
+        assigned_id: str | None = None,
+    ) -> Written:
+        """FHIR create (the server assigns the id), or conditional create with If-None-Exist.
+
+        `assigned_id` is the id a transaction reserved for this entry's fullUrl.
+        """
+        resource = self._validated(type_name, body)
+        if if_none_exist:
+            found = self._conditional_matches(type_name, if_none_exist)
+            if len(found) == 1:
+                return Written(200, found[0])
+        resource.pop("id", None)
+        return Written(201, self.repo.create(resource, assigned_id))
+
+    def update(
+        self, type_name: str, resource_id: str, body: Any, if_match: int | None = None
+    ) -> Written:
+        """FHIR update; creates the resource with the client's id when it does not exist."""
+        check_id(resource_id)
+        resource = self._validated(type_name, body, resource_id)
+        current = self.repo.current(type_name, resource_id)
+        if current is None:
+            if if_match is not None:
+                raise PreconditionFailed(f"{type_name}/{resource_id} does not exist (If-Match)")
+            return Written(201, self.repo.create(resource, resource_id))
+        self._check_version(current, if_match)
+        return Written(201 if current.deleted else 200, self.repo.update(current, resource))
+
+    def conditional_update(
+        self, type_name: str, criteria: list[tuple[str, str]], body: Any, if_match: int | None
+    ) -> Written:
+        """FHIR conditional update: PUT [type]?criteria."""
+        resource = self._validated(type_name, body)
+        found = self._conditional_matches(type_name, criteria)
+        if not found:
+            if "id" in resource:
+                check_id(resource["id"])
+                if self.repo.current(type_name, resource["id"]) is not None:
+                    raise PreconditionFailed(
+                        f"No {type_name} matches the criteria but the id in the body is taken"
+                    )
+                return Written(201, self.repo.create(resource, resource["id"]))
+            return Written(201, self.repo.create(resource))
+        current = found[0]
+        if resource.get("id", current.id) != current.id:
+            raise Invalid(
+                "The id in the body does not match the resource found by the criteria",
+                issues=[Issue("invalid", "id mismatch", expression=[f"{type_name}.id"])],
+            )
+        self._check_version(current, if_match)
+        return Written(200, self.repo.update(current, resource))
+
+    def patch(
+        self, type_name: str, resource_id: str, operations: Any, if_match: int | None = None
+    ) -> Written:
+        """FHIR patch with a JSON Patch (RFC 6902) document."""
+        current = self.read(type_name, resource_id)
+        self._check_version(current, if_match)
+        return Written(200, self._apply_patch(current, operations))
+
+    def conditional_patch(
+        self, type_name: str, criteria: list[tuple[str, str]], operations: Any, if_match: int | None
+    ) -> Written:
+        """FHIR conditional patch: PATCH [type]?criteria."""
+        found = self._conditional_matches(type_name, criteria)
+        if not found:
+            raise NotFound(f"No {type_name} matches the criteria")
+        self._check_version(found[0], if_match)
+        return Written(200, self._apply_patch(self.read(type_name, found[0].id), operations))
+
+    def _apply_patch(self, current: Stored, operations: Any) -> Stored:
+        if not isinstance(operations, list):
+            raise Invalid("A JSON Patch document must be an array of operations")
+        try:
+            patched = jsonpatch.apply_patch(copy.deepcopy(current.resource), operations)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
+            raise Unprocessable(f"The patch cannot be applied: {exc}") from None
+        if not isinstance(patched, dict):
+            raise Unprocessable("The patch must leave a resource (a JSON object)")
+        if patched.get("id") != current.id or patched.get("resourceType") != current.type:
+            raise Unprocessable("A patch may not change the resource's id or type")
+        resource = self._validated(current.type, patched, current.id)
+        return self.repo.update(current, resource)
+
+    def delete(
+        self, type_name: str, resource_id: str, if_match: int | None = None
+    ) -> Stored | None:
+        """FHIR delete: a tombstone; deleting a deleted resource is a no-op (None)."""
+        self.registry.get(type_name)
+        current = self.repo.current(type_name, resource_id)
+        if current is None:
+            raise NotFound(f"{type_name}/{resource_id} is not known")
+        if current.deleted:
+            return None
+        self._check_version(current, if_match)
+        return self.repo.delete(current)
+
+    def conditional_delete(self, type_name: str, criteria: list[tuple[str, str]]) -> Stored | None:
+        """FHIR conditional delete (single): none matches -> no-op; several -> 412."""
+        found = self._conditional_matches(type_name, criteria)
+        if not found:
+            return None
+        current = self.repo.current(type_name, found[0].id)
+        assert current is not None
+        return self.repo.delete(current)
+
+    def _conditional_matches(self, type_name: str, criteria: list[tuple[str, str]]) -> list[Stored]:
+        if not criteria:
+            raise Invalid("A conditional interaction needs search criteria")
+        query = self.parser.parse(type_name, criteria)
+        if not query.criteria:
+            raise Invalid("A conditional interaction needs at least one search criterion")
+        found = self.repo.count_matches(query, limit=2)
+        if len(found) > 1:
+            raise PreconditionFailed(
+                f"The criteria match more than one {type_name}; make them more selective"
+            )
+        return found
+
+    @staticmethod
+    def _check_version(current: Stored, if_match: int | None) -> None:
+        if if_match is not None and (current.deleted or current.version != if_match):
+            raise PreconditionFailed(
+                f"Version conflict: {current.type}/{current.id} is at version "
+                f"{current.version}, not {if_match}"
+            )
+
+    # -- search and history -------------------------------------------------------------------
+
+    def search(
+        self, type_name: str, pairs: list[tuple[str, str]], *, lenient: bool = False
+    ) -> SearchResult:
+        """FHIR search of one type, with _include/_revinclude resolved."""
+        query = self.parser.parse(type_name, pairs, lenient=lenient)
+        if query.snapshot is None:
+            query.snapshot = self.repo.max_pk()
+        matches, total = self.repo.search(query)
+        included = self._included(query, matches)
+        return SearchResult(query, matches, total, included)
+
+    def _included(self, query: SearchQuery, matches: list[Stored]) -> list[Stored]:
+        limit = self.parser.max_include
+        seen = {(m.type, m.id) for m in matches}
+        out: list[Stored] = []
+        frontier = matches
+        includes, revincludes = query.includes, query.revincludes
+        for depth in range(4):  # :iterate follows new results up to a small fixed depth
+            if depth:
+                includes = [i for i in includes if i.iterate]
+                revincludes = [i for i in revincludes if i.iterate]
+            if not frontier or not (includes or revincludes):
+                break
+            found = self.repo.includes(frontier, includes, limit) + self.repo.revincludes(
+                frontier, revincludes, limit
+            )
+            frontier = []
+            for stored in found:
+                if (stored.type, stored.id) not in seen and len(out) < limit:
+                    seen.add((stored.type, stored.id))
+                    out.append(stored)
+                    frontier.append(stored)
+        return out
+
+    def history(
+        self,
+        type_name: str | None,
+        resource_id: str | None,
+        pairs: list[tuple[str, str]],
+    ) -> HistoryResult:
+        """FHIR history (instance, type or system), newest first, paged on a snapshot."""
+        if type_name:
+            self.registry.get(type_name)
+        if resource_id and type_name and self.repo.current(type_name, resource_id) is None:
+            raise NotFound(f"{type_name}/{resource_id} is not known")
+        count, offset, snapshot, since = self.parser.default_count, 0, None, None
+        for key, value in pairs:
+            if key == "_count":
+                count = min(parse_int(key, value), self.parser.max_count)
+            elif key == "_offset":
+                offset = parse_int(key, value)
+            elif key == "_snapshot":
+                snapshot = parse_int(key, value)
+            elif key == "_since":
+                since = parse_search_date(value, "_since")[0]
+            elif key in ("_format", "_pretty"):
+                continue
+            else:
+                raise Invalid(f"History does not support the parameter '{key}'")
+        entries, total, snap = self.repo.history(
+            type_name=type_name,
+            resource_id=resource_id,
+            since=since,
+            at_most_seq=snapshot,
+            count=count,
+            offset=offset,
+        )
+        return HistoryResult(entries, total, snap, count, offset)

@@ -1,0 +1,370 @@
+"""The generic versioned resource repository: one set of tables for every resource type."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, false, func, insert, or_, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict
+from app.fhir.registry import Registry
+from app.fhir.search import Include, SearchQuery
+from app.fhir.values import format_instant, now_utc
+from app.storage.compiler import REFERENCE, RESOURCE, Compiler
+from app.storage.indexer import index_rows
+from app.storage.tables import INDEX_TABLES, ResourceVersionRow
+
+VERSION = ResourceVersionRow.__table__
+
+
+@dataclass
+class Stored:
+    """A resource version as stored: identity, version, time, and its JSON (None if deleted)."""
+
+    pk: int
+    type: str
+    id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    content: str | None
+    method: str = "PUT"
+
+    @property
+    def resource(self) -> dict[str, Any]:
+        """The resource JSON as a dict (not for tombstones)."""
+        assert self.content is not None
+        data: dict[str, Any] = json.loads(self.content)
+        return data
+
+
+def new_id() -> str:
+    """A server-assigned logical id."""
+    return str(uuid.uuid4())
+
+
+def _dumps(resource: dict[str, Any]) -> str:
+    return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+
+
+class Repository:
+    """Reads and writes resources, their history and their index rows within one session."""
+
+    def __init__(self, session: Session, registry: Registry, base_url: str | None = None) -> None:
+        self.session = session
+        self.registry = registry
+        self.compiler = Compiler(base_url)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def current(self, type_name: str, resource_id: str) -> Stored | None:
+        """The current row (possibly a tombstone), or None if the id was never used."""
+        row = self.session.execute(
+            select(RESOURCE).where(
+                RESOURCE.c.resource_type == type_name, RESOURCE.c.resource_id == resource_id
+            )
+        ).first()
+        return self._stored(row) if row else None
+
+    def version(self, type_name: str, resource_id: str, version_id: int) -> Stored | None:
+        """One historical version, or None."""
+        row = self.session.execute(
+            select(VERSION).where(
+                VERSION.c.resource_type == type_name,
+                VERSION.c.resource_id == resource_id,
+                VERSION.c.version_id == version_id,
+            )
+        ).first()
+        return self._stored_version(row) if row else None
+
+    def live_many(self, keys: set[tuple[str, str]]) -> list[Stored]:
+        """The live resources among (type, id) keys."""
+        if not keys:
+            return []
+        rows = self.session.execute(
+            select(RESOURCE).where(
+                tuple_(RESOURCE.c.resource_type, RESOURCE.c.resource_id).in_(sorted(keys)),
+                RESOURCE.c.deleted == false(),
+            )
+        ).all()
+        return [self._stored(row) for row in rows]
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def create(self, resource: dict[str, Any], resource_id: str | None = None) -> Stored:
+        """Store a new resource (version 1) with a server-assigned id unless one is given."""
+        type_name = resource["resourceType"]
+        resource_id = resource_id or new_id()
+        now = now_utc()
+        content = self._stamp(resource, resource_id, 1, now)
+        try:
+            with self.session.begin_nested():
+                pk = self.session.execute(
+                    insert(RESOURCE)
+                    .values(
+                        resource_type=type_name,
+                        resource_id=resource_id,
+                        version_id=1,
+                        last_updated=now,
+                        deleted=False,
+                        content=content,
+                    )
+                    .returning(RESOURCE.c.pk)
+                ).scalar_one()
+        except IntegrityError:
+            raise Conflict(f"{type_name}/{resource_id} already exists") from None
+        stored = Stored(pk, type_name, resource_id, 1, now, False, content, "POST")
+        self._write_version(stored)
+        self._index(stored, resource)
+        return stored
+
+    def update(self, current: Stored, resource: dict[str, Any]) -> Stored:
+        """Write the next version of `current` (which may be a tombstone)."""
+        now = max(now_utc(), current.last_updated)
+        version = current.version + 1
+        content = self._stamp(resource, current.id, version, now)
+        self._advance(current, version, now, deleted=False, content=content)
+        stored = Stored(current.pk, current.type, current.id, version, now, False, content, "PUT")
+        self._write_version(stored)
+        self._clear_index(current.pk)
+        self._index(stored, resource)
+        return stored
+
+    def delete(self, current: Stored) -> Stored:
+        """Write a tombstone version; the history keeps every earlier version."""
+        now = max(now_utc(), current.last_updated)
+        version = current.version + 1
+        self._advance(current, version, now, deleted=True, content=None)
+        stored = Stored(current.pk, current.type, current.id, version, now, True, None, "DELETE")
+        self._write_version(stored)
+        self._clear_index(current.pk)
+        return stored
+
+    def _advance(
+        self, current: Stored, version: int, now: datetime, *, deleted: bool, content: str | None
+    ) -> None:
+        # Optimistic lock: another writer that got there first makes this match no row.
+        result = self.session.execute(
+            update(RESOURCE)
+            .where(RESOURCE.c.pk == current.pk, RESOURCE.c.version_id == current.version)
+            .values(version_id=version, last_updated=now, deleted=deleted, content=content)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict(
+                f"{current.type}/{current.id} was changed concurrently; read it again and retry"
+            )
+
+    def _write_version(self, stored: Stored) -> None:
+        self.session.execute(
+            insert(VERSION).values(
+                resource_pk=stored.pk,
+                resource_type=stored.type,
+                resource_id=stored.id,
+                version_id=stored.version,
+                last_updated=stored.last_updated,
+                method=stored.method,
+                content=stored.content,
+            )
+        )
+
+    def _index(self, stored: Stored, resource: dict[str, Any]) -> None:
+        definition = self.registry.get(stored.type)
+        for type_, rows in index_rows(definition, resource).items():
+            if rows:
+                table = INDEX_TABLES[type_].__table__  # type: ignore[attr-defined]
+                self.session.execute(
+                    insert(table),
+                    [
+                        {**row, "resource_pk": stored.pk, "resource_type": stored.type}
+                        for row in rows
+                    ],
+                )
+
+    def _clear_index(self, pk: int) -> None:
+        for model in INDEX_TABLES.values():
+            table = model.__table__  # type: ignore[attr-defined]
+            self.session.execute(delete(table).where(table.c.resource_pk == pk))
+
+    def reindex(self, type_name: str | None = None) -> int:
+        """Rebuild the index rows of live resources (after search parameters change)."""
+        query = select(RESOURCE).where(RESOURCE.c.deleted == false())
+        if type_name:
+            query = query.where(RESOURCE.c.resource_type == type_name)
+        count = 0
+        for row in self.session.execute(query).all():
+            stored = self._stored(row)
+            self._clear_index(stored.pk)
+            self._index(stored, stored.resource)
+            count += 1
+        return count
+
+    @staticmethod
+    def _stamp(resource: dict[str, Any], resource_id: str, version: int, now: datetime) -> str:
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = format_instant(now)
+        body = {"resourceType": resource["resourceType"], "id": resource_id, "meta": meta}
+        body.update({k: v for k, v in resource.items() if k not in body})
+        return _dumps(body)
+
+    # -- search and history -------------------------------------------------------------------
+
+    def search(self, query: SearchQuery) -> tuple[list[Stored], int | None]:
+        """The page of matches and the total (None when not asked for)."""
+        total: int | None = None
+        if query.total != "none" or query.summary == "count":
+            total = self.session.execute(self.compiler.select_count(query)).scalar_one()
+        if query.summary == "count" or query.count == 0:
+            return [], total
+        rows = self.session.execute(self.compiler.select_page(query)).all()
+        return [self._stored(row) for row in rows], total
+
+    def max_pk(self) -> int:
+        """The newest resource's pk: the snapshot bound for stable paging."""
+        return int(
+            self.session.execute(select(func.coalesce(func.max(RESOURCE.c.pk), 0))).scalar_one()
+        )
+
+    def count_matches(self, query: SearchQuery, limit: int = 2) -> list[Stored]:
+        """Up to `limit` matches (conditional interactions need 0, 1 or "several")."""
+        limited = SearchQuery(type=query.type, criteria=query.criteria, count=limit)
+        rows = self.session.execute(self.compiler.select_page(limited)).all()
+        return [self._stored(row) for row in rows]
+
+    def includes(self, matches: list[Stored], includes: list[Include], limit: int) -> list[Stored]:
+        """Targets of the matches' references named by _include entries."""
+        if not matches or not includes:
+            return []
+        pks = [m.pk for m in matches]
+        conditions = []
+        for inc in includes:
+            if inc.wildcard:
+                cond = (
+                    REFERENCE.c.resource_type.in_({m.type for m in matches})
+                    if inc.source_type == "*"
+                    else REFERENCE.c.resource_type == inc.source_type
+                )
+            else:
+                assert inc.param is not None
+                cond = (REFERENCE.c.resource_type == inc.source_type) & (
+                    REFERENCE.c.param == inc.param.code
+                )
+            if inc.target_type:
+                cond = cond & (REFERENCE.c.target_type == inc.target_type)
+            conditions.append(cond)
+        rows = self.session.execute(
+            select(REFERENCE.c.target_type, REFERENCE.c.target_id)
+            .where(
+                REFERENCE.c.resource_pk.in_(pks),
+                REFERENCE.c.target_id.is_not(None),
+                or_(*conditions),
+            )
+            .distinct()
+            .limit(limit)
+        ).all()
+        keys = {(t, i) for t, i in rows if t in self.registry}
+        return self.live_many(keys)
+
+    def revincludes(
+        self, matches: list[Stored], revincludes: list[Include], limit: int
+    ) -> list[Stored]:
+        """Resources whose references named by _revinclude point at the matches."""
+        if not matches or not revincludes:
+            return []
+        keys = sorted({(m.type, m.id) for m in matches})
+        conditions = []
+        for inc in revincludes:
+            cond = (
+                REFERENCE.c.resource_type == inc.source_type
+                if inc.source_type != "*"
+                else REFERENCE.c.resource_type.is_not(None)
+            )
+            if not inc.wildcard:
+                assert inc.param is not None
+                cond = cond & (REFERENCE.c.param == inc.param.code)
+            conditions.append(cond)
+        r = RESOURCE
+        rows = self.session.execute(
+            select(r)
+            .where(
+                r.c.pk.in_(
+                    select(REFERENCE.c.resource_pk).where(
+                        tuple_(REFERENCE.c.target_type, REFERENCE.c.target_id).in_(keys),
+                        or_(*conditions),
+                    )
+                ),
+                r.c.deleted == false(),
+            )
+            .order_by(r.c.pk)
+            .limit(limit)
+        ).all()
+        return [self._stored(row) for row in rows]
+
+    def history(
+        self,
+        *,
+        type_name: str | None = None,
+        resource_id: str | None = None,
+        since: datetime | None = None,
+        at_most_seq: int | None = None,
+        count: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[Stored], int, int]:
+        """History entries newest first, their total, and the snapshot seq bound to page with."""
+        conditions = []
+        if type_name:
+            conditions.append(VERSION.c.resource_type == type_name)
+        if resource_id:
+            conditions.append(VERSION.c.resource_id == resource_id)
+        if since:
+            conditions.append(VERSION.c.last_updated >= since)
+        if at_most_seq is None:
+            at_most_seq = int(
+                self.session.execute(select(func.coalesce(func.max(VERSION.c.seq), 0))).scalar_one()
+            )
+        conditions.append(VERSION.c.seq <= at_most_seq)
+        total = self.session.execute(
+            select(func.count()).select_from(VERSION).where(*conditions)
+        ).scalar_one()
+        query: Select[Any] = (
+            select(VERSION)
+            .where(*conditions)
+            .order_by(VERSION.c.seq.desc())
+            .limit(count)
+            .offset(offset)
+        )
+        rows = self.session.execute(query).all() if count else []
+        return [self._stored_version(row) for row in rows], int(total), at_most_seq
+
+    # -- row mapping --------------------------------------------------------------------------
+
+    @staticmethod
+    def _stored(row: Any) -> Stored:
+        return Stored(
+            row.pk,
+            row.resource_type,
+            row.resource_id,
+            row.version_id,
+            row.last_updated,
+            row.deleted,
+            row.content,
+        )
+
+    @staticmethod
+    def _stored_version(row: Any) -> Stored:
+        return Stored(
+            row.resource_pk,
+            row.resource_type,
+            row.resource_id,
+            row.version_id,
+            row.last_updated,
+            row.content is None,
+            row.content,
+            row.method,
+        )

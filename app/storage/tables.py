@@ -1,0 +1,188 @@
+"""SQLModel tables: one generic versioned resource store plus typed search-index tables.
+
+Every resource type shares these tables, so registering a new type never needs a migration
+(the HAPI / medplum / microsoft fhir-server layout).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+metadata = SQLModel.metadata
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+_BIGINT = BigInteger().with_variant(Integer, "sqlite")
+
+
+def _pk() -> Column[int]:
+    return Column(_BIGINT, primary_key=True, autoincrement=True)
+
+
+def _utc() -> Column[datetime]:
+    # Naive UTC on purpose: both databases compare and index it the same way.
+    return Column(DateTime(timezone=False), nullable=False)
+
+
+def _resource_fk() -> Column[int]:
+    return Column(_BIGINT, ForeignKey("resource.pk", ondelete="CASCADE"), nullable=False)
+
+
+class ResourceRow(SQLModel, table=True):
+    """The current version of each resource (a tombstone when deleted).
+
+    `pk` grows with creation order: search paging uses it as a snapshot cut-off so that
+    resources created while a client pages never shift the pages it has not read yet.
+    """
+
+    __tablename__ = "resource"
+    __table_args__ = (
+        UniqueConstraint("resource_type", "resource_id", name="uq_resource_type_id"),
+        Index("ix_resource_type_updated", "resource_type", "last_updated"),
+    )
+
+    pk: int | None = Field(default=None, sa_column=_pk())
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    version_id: int
+    last_updated: datetime = Field(sa_column=_utc())
+    deleted: bool = False
+    content: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class ResourceVersionRow(SQLModel, table=True):
+    """Every version ever written (history); `seq` orders the whole server's history."""
+
+    __tablename__ = "resource_version"
+    __table_args__ = (
+        UniqueConstraint("resource_type", "resource_id", "version_id", name="uq_version"),
+        Index("ix_version_type_seq", "resource_type", "seq"),
+        Index("ix_version_updated", "last_updated"),
+    )
+
+    seq: int | None = Field(default=None, sa_column=_pk())
+    resource_pk: int = Field(sa_column=_resource_fk())
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    version_id: int
+    last_updated: datetime = Field(sa_column=_utc())
+    method: str = Field(max_length=8)
+    content: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class TokenIndex(SQLModel, table=True):
+    """Token search values: codes, identifiers, booleans (and `:text` display text)."""
+
+    __tablename__ = "sp_token"
+    __table_args__ = (
+        Index("ix_sp_token_code", "resource_type", "param", "code", "system"),
+        Index("ix_sp_token_res", "resource_pk"),
+    )
+
+    id: int | None = Field(default=None, sa_column=_pk())
+    resource_pk: int = Field(sa_column=_resource_fk())
+    resource_type: str = Field(max_length=64)
+    param: str = Field(max_length=128)
+    system: str | None = Field(default=None, max_length=512)
+    code: str | None = Field(default=None, max_length=512)
+    text: str | None = Field(default=None, max_length=1024)
+
+
+class StringIndex(SQLModel, table=True):
+    """String search values, normalised (case, accents, punctuation) plus the exact original."""
+
+    __tablename__ = "sp_string"
+    __table_args__ = (
+        Index("ix_sp_string_value", "resource_type", "param", "value"),
+        Index("ix_sp_string_res", "resource_pk"),
+    )
+
+    id: int | None = Field(default=None, sa_column=_pk())
+    resource_pk: int = Field(sa_column=_resource_fk())
+    resource_type: str = Field(max_length=64)
+    param: str = Field(max_length=128)
+    value: str = Field(max_length=1024)
+    exact: str = Field(max_length=1024)
+
+
+class DateIndex(SQLModel, table=True):
+    """Date search values as a [low, high) UTC range carrying the value's precision."""
+
+    __tablename__ = "sp_date"
+    __table_args__ = (
+        Index("ix_sp_date_range", "resource_type", "param", "low", "high"),
+        Index("ix_sp_date_res", "resource_pk", "param"),
+    )
+
+    id: int | None = Field(default=None, sa_column=_pk())
+    resource_pk: int = Field(sa_column=_resource_fk())
+    resource_type: str = Field(max_length=64)
+    param: str = Field(max_length=128)
+    low: datetime = Field(sa_column=_utc())
+    high: datetime = Field(sa_column=_utc())
+
+
+class ReferenceIndex(SQLModel, table=True):
+    """Reference search values: local targets (type/id), external URLs, logical identifiers."""
+
+    __tablename__ = "sp_reference"
+    __table_args__ = (
+        Index("ix_sp_reference_target", "target_id", "target_type", "param", "resource_type"),
+        Index("ix_sp_reference_res", "resource_pk", "param"),
+    )
+
+    id: int | None = Field(default=None, sa_column=_pk())
+    resource_pk: int = Field(sa_column=_resource_fk())
+    resource_type: str = Field(max_length=64)
+    param: str = Field(max_length=128)
+    target_type: str | None = Field(default=None, max_length=64)
+    target_id: str | None = Field(default=None, max_length=64)
+    url: str | None = Field(default=None, max_length=1024)
+    identifier_system: str | None = Field(default=None, max_length=512)
+    identifier_value: str | None = Field(default=None, max_length=512)
+
+
+class UriIndex(SQLModel, table=True):
+    """URI search values (and canonical references, `_profile`)."""
+
+    __tablename__ = "sp_uri"
+    __table_args__ = (
+        Index("ix_sp_uri_value", "resource_type", "param", "value"),
+        Index("ix_sp_uri_res", "resource_pk"),
+    )
+
+    id: int | None = Field(default=None, sa_column=_pk())
+    resource_pk: int = Field(sa_column=_resource_fk())
+    resource_type: str = Field(max_length=64)
+    param: str = Field(max_length=128)
+    value: str = Field(max_length=1024)
+
+
+class NumberIndex(SQLModel, table=True):
+    """Number search values as a [low, high] interval given by the value's precision."""
+
+    __tablename__ = "sp_number"
+    __table_args__ = (
+        Index("ix_sp_number_value", "resource_type", "param", "low"),
+        Index("ix_sp_number_res", "resource_pk"),
+    )
+
+    id: int | None = Field(default=None, sa_column=_pk())
+    resource_pk: int = Field(sa_column=_resource_fk())
+    resource_type: str = Field(max_length=64)
+    param: str = Field(max_length=128)
+    low: float
+    high: float
+
+
+INDEX_TABLES: dict[str, type[SQLModel]] = {
+    "token": TokenIndex,
+    "string": StringIndex,
+    "date": DateIndex,
+    "reference": ReferenceIndex,
+    "uri": UriIndex,
+    "number": NumberIndex,
+}
