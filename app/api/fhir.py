@@ -346,7 +346,9 @@ _PATCH_BODY = {
 def build_router(rt: Runtime) -> APIRouter:
     """The /fhir router: system interactions, then the table above for every registered type."""
     router = APIRouter(prefix="/fhir", responses=_ERRORS)
-    ok = {200: {"description": "FHIR resource or Bundle", "content": _FHIR_JSON_CONTENT}}
+    ok: dict[int | str, dict[str, Any]] = {
+        200: {"description": "FHIR resource or Bundle", "content": _FHIR_JSON_CONTENT}
+    }
     router.add_api_route(
         "/metadata",
         metadata,

@@ -153,8 +153,8 @@ def _compile_alternative(text: str) -> tuple[str, tuple[Step, ...]]:
     if m := re.match(r"^(.*)\.exists\(\) and (.*) != false$", text):
         if m.group(1) != m.group(2):
             raise UnsupportedExpression(text)
-        root, steps = _compile_alternative(m.group(1))
-        return root, (_exists_not_false(steps),)
+        root, inner = _compile_alternative(m.group(1))
+        return root, (_exists_not_false(inner),)
     cast: str | None = None
     if m := re.match(r"^(.*) as (\w+)$", text):
         text, cast = m.group(1), m.group(2)

@@ -140,6 +140,8 @@ class ResourceService:
                 raise PreconditionFailed(f"{type_name}/{resource_id} does not exist (If-Match)")
             return Written(201, self.repo.create(resource, resource_id))
         self._check_version(current, if_match)
+        if _unchanged(current, resource):
+            return Written(200, current)
         return Written(201 if current.deleted else 200, self.repo.update(current, resource))
 
     def conditional_update(
@@ -164,6 +166,9 @@ class ResourceService:
                 issues=[Issue("invalid", "id mismatch", expression=[f"{type_name}.id"])],
             )
         self._check_version(current, if_match)
+        current = self.repo.current(type_name, current.id) or current
+        if _unchanged(current, resource):
+            return Written(200, current)
         return Written(200, self.repo.update(current, resource))
 
     def patch(
@@ -311,3 +316,21 @@ class ResourceService:
             offset=offset,
         )
         return HistoryResult(entries, total, snap, count, offset)
+
+
+def _without_version(resource: dict[str, Any]) -> dict[str, Any]:
+    meta = {
+        k: v
+        for k, v in (resource.get("meta") or {}).items()
+        if k not in ("versionId", "lastUpdated")
+    }
+    out = {k: v for k, v in resource.items() if k not in ("meta", "id")}
+    if meta:
+        out["meta"] = meta
+    return out
+
+
+def _unchanged(current: Stored, resource: dict[str, Any]) -> bool:
+    """True when an update would store the same content: no new version is written (HAPI-style
+    no-op), which makes replaying the same update or Bundle idempotent."""
+    return not current.deleted and _without_version(current.resource) == _without_version(resource)

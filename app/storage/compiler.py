@@ -24,32 +24,10 @@ from app.errors import Invalid
 from app.fhir.search import Criterion, SearchQuery, SortKey, Value, split_token, unescape
 from app.fhir.values import normalize, now_utc, number_range, parse_search_date
 from app.storage.indexer import split_local_reference
-from app.storage.tables import (
-    DateIndex,
-    NumberIndex,
-    ReferenceIndex,
-    ResourceRow,
-    StringIndex,
-    TokenIndex,
-    UriIndex,
-)
+from app.storage.tables import INDEX_TABLES, RESOURCE
 
-RESOURCE = ResourceRow.__table__
-TOKEN = TokenIndex.__table__
-STRING = StringIndex.__table__
-DATE = DateIndex.__table__
-REFERENCE = ReferenceIndex.__table__
-URI = UriIndex.__table__
-NUMBER = NumberIndex.__table__
-
-_TABLES = {
-    "token": TOKEN,
-    "string": STRING,
-    "date": DATE,
-    "reference": REFERENCE,
-    "uri": URI,
-    "number": NUMBER,
-}
+REFERENCE = INDEX_TABLES["reference"]
+_TABLES = INDEX_TABLES
 
 
 def _like_escape(text: str) -> str:

@@ -156,8 +156,8 @@ def index_rows(definition: ResourceDefinition, resource: dict[str, Any]) -> dict
             for key in ("system", "code", "text", "value", "exact", "url"):
                 if isinstance(row.get(key), str):
                     row[key] = _clip(row[key])
-            key = tuple(sorted(row.items()))
-            if key not in seen:
-                seen.add(key)
+            identity = tuple(sorted(row.items()))
+            if identity not in seen:
+                seen.add(identity)
                 out[param.type].append(row)
     return out

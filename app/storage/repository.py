@@ -18,9 +18,7 @@ from app.fhir.search import Include, SearchQuery
 from app.fhir.values import format_instant, now_utc
 from app.storage.compiler import REFERENCE, RESOURCE, Compiler
 from app.storage.indexer import index_rows
-from app.storage.tables import INDEX_TABLES, ResourceVersionRow
-
-VERSION = ResourceVersionRow.__table__
+from app.storage.tables import INDEX_TABLES, VERSION
 
 
 @dataclass
@@ -177,18 +175,17 @@ class Repository:
         definition = self.registry.get(stored.type)
         for type_, rows in index_rows(definition, resource).items():
             if rows:
-                table = INDEX_TABLES[type_].__table__  # type: ignore[attr-defined]
+                table = INDEX_TABLES[type_]
+                # executemany needs every row to bind the same columns
+                columns = [c.name for c in table.columns if c.name != "id"]
+                fixed = {"resource_pk": stored.pk, "resource_type": stored.type}
                 self.session.execute(
                     insert(table),
-                    [
-                        {**row, "resource_pk": stored.pk, "resource_type": stored.type}
-                        for row in rows
-                    ],
+                    [{c: fixed.get(c, row.get(c)) for c in columns} for row in rows],
                 )
 
     def _clear_index(self, pk: int) -> None:
-        for model in INDEX_TABLES.values():
-            table = model.__table__  # type: ignore[attr-defined]
+        for table in INDEX_TABLES.values():
             self.session.execute(delete(table).where(table.c.resource_pk == pk))
 
     def reindex(self, type_name: str | None = None) -> int:
@@ -246,7 +243,7 @@ class Repository:
         for inc in includes:
             if inc.wildcard:
                 cond = (
-                    REFERENCE.c.resource_type.in_({m.type for m in matches})
+                    REFERENCE.c.resource_type.in_(sorted({m.type for m in matches}))
                     if inc.source_type == "*"
                     else REFERENCE.c.resource_type == inc.source_type
                 )

@@ -7,8 +7,19 @@ Every resource type shares these tables, so registering a new type never needs a
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 metadata = SQLModel.metadata
@@ -178,11 +189,19 @@ class NumberIndex(SQLModel, table=True):
     high: float
 
 
-INDEX_TABLES: dict[str, type[SQLModel]] = {
-    "token": TokenIndex,
-    "string": StringIndex,
-    "date": DateIndex,
-    "reference": ReferenceIndex,
-    "uri": UriIndex,
-    "number": NumberIndex,
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table behind a SQLModel class (for set-based SQL)."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+RESOURCE = table_of(ResourceRow)
+VERSION = table_of(ResourceVersionRow)
+# Index tables by search-parameter type.
+INDEX_TABLES: dict[str, Table] = {
+    "token": table_of(TokenIndex),
+    "string": table_of(StringIndex),
+    "date": table_of(DateIndex),
+    "reference": table_of(ReferenceIndex),
+    "uri": table_of(UriIndex),
+    "number": table_of(NumberIndex),
 }

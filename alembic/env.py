@@ -1,0 +1,29 @@
+"""Alembic environment: migrates the database named by RIX_DATABASE_URL (or the caller's URL)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from app.config import get_settings
+from app.storage.db import make_engine
+from app.storage.tables import metadata
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    """Run migrations on a live connection (offline SQL generation is not used)."""
+    url = config.attributes.get("database_url") or get_settings().database_url
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations_online()

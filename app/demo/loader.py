@@ -1,0 +1,188 @@
+"""Builds the demo transaction Bundle: idempotent conditional updates, so loading twice is safe."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+from app.fhir.naming import EMITTER_SYSTEM, SITE_ID_SYSTEM, ipp_system
+
+# (site_id, IPP, family, given, gender, birth date)
+PATIENTS = (
+    ("423", "R-100234", "MARTIN", "Éléonore", "female", "1958-03-14"),
+    ("401", "T-884120", "MARTIN", "Eléonore", "female", "1958-03-14"),
+    ("213", "O-552031", "MARTIN", "Eleonore", "female", "1958-03-14"),
+    ("423", "R-100877", "DURAND", "Jean-Pierre", "male", "1971-11-02"),
+    ("401", "T-901554", "PETIT", "Louise", "female", "2012-06-06"),
+)
+# (patient index, site_id, accession, date, modality, description, with report)
+STUDIES = (
+    (0, "423", "ACC423-1001", "2024-02-12T09:30:00+01:00", "CT", "Scanner thoraco-abdominal", True),
+    (1, "401", "ACC401-2001", "2022-10-19T14:05:00+02:00", "MR", "IRM cérébrale", True),
+    (1, "401", "ACC401-2002", "2019-05-09T10:00:00+02:00", "CR", "Poumons (Rx)", False),
+    (2, "213", "ACC213-3001", "2018-03-18T08:45:00+01:00", "US", "Echographie abdominale", True),
+    (
+        3,
+        "423",
+        "ACC423-1002",
+        "2023-06-07T11:15:00+02:00",
+        "RF",
+        "Transit oeso-gastro-duodénal",
+        False,
+    ),
+    (4, "401", "ACC401-2003", "2022-12-05T16:40:00+01:00", "DX", "Age osseux (Rx)", True),
+)
+
+
+def _sites() -> list[dict[str, str]]:
+    text = resources.files("app.demo").joinpath("sites.json").read_text("utf-8")
+    sites: list[dict[str, str]] = json.loads(text)["sites"]
+    return sites
+
+
+def _put(resource: dict[str, Any], criteria: str, full_url: str) -> dict[str, Any]:
+    return {
+        "fullUrl": full_url,
+        "resource": resource,
+        "request": {"method": "PUT", "url": f"{resource['resourceType']}?{criteria}"},
+    }
+
+
+def demo_bundle() -> dict[str, Any]:
+    """A transaction Bundle with every demo resource."""
+    entries: list[dict[str, Any]] = []
+    for site in _sites():
+        sid = site["site_id"]
+        entries.append(
+            _put(
+                {
+                    "resourceType": "Organization",
+                    "identifier": [
+                        {"system": SITE_ID_SYSTEM, "value": sid},
+                        {"system": EMITTER_SYSTEM, "value": site["emitter"]},
+                    ],
+                    "active": True,
+                    "name": site["name"],
+                    "endpoint": [{"reference": f"urn:uuid:endpoint-{sid}"}],
+                },
+                f"identifier={SITE_ID_SYSTEM}|{sid}",
+                f"urn:uuid:org-{sid}",
+            )
+        )
+        entries.append(
+            _put(
+                {
+                    "resourceType": "Endpoint",
+                    "identifier": [{"system": EMITTER_SYSTEM, "value": site["emitter"]}],
+                    "status": "active",
+                    "connectionType": {
+                        "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                        "code": "dicom-wado-rs",
+                    },
+                    "name": f"PACS {site['name']}",
+                    "managingOrganization": {"reference": f"urn:uuid:org-{sid}"},
+                    "payloadType": [{"text": "DICOM"}],
+                    "payloadMimeType": ["application/dicom"],
+                    "address": f"https://pacs-{site['emitter'].lower()}.example/dicom-web",
+                },
+                f"identifier={EMITTER_SYSTEM}|{site['emitter']}",
+                f"urn:uuid:endpoint-{sid}",
+            )
+        )
+    for i, (sid, ipp, family, given, gender, birth) in enumerate(PATIENTS):
+        entries.append(
+            _put(
+                {
+                    "resourceType": "Patient",
+                    "identifier": [{"system": ipp_system(sid), "value": ipp}],
+                    "name": [{"family": family, "given": [given]}],
+                    "gender": gender,
+                    "birthDate": birth,
+                    "managingOrganization": {"reference": f"urn:uuid:org-{sid}"},
+                },
+                f"identifier={ipp_system(sid)}|{ipp}",
+                f"urn:uuid:patient-{i}",
+            )
+        )
+    for pi, sid, accession, started, modality, description, report in STUDIES:
+        uid = "1.2.250.1.999.1." + "".join(c for c in accession if c.isdigit())
+        entries.append(
+            _put(
+                {
+                    "resourceType": "ImagingStudy",
+                    "identifier": [
+                        {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"},
+                        {
+                            "type": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                        "code": "ACSN",
+                                    }
+                                ]
+                            },
+                            "system": ipp_system(sid).replace("/ipp/", "/accession/"),
+                            "value": accession,
+                        },
+                    ],
+                    "status": "available",
+                    "modality": [
+                        {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": modality}
+                    ],
+                    "subject": {"reference": f"urn:uuid:patient-{pi}"},
+                    "started": started,
+                    "description": description,
+                    "numberOfSeries": 2,
+                    "numberOfInstances": 48,
+                    "endpoint": [{"reference": f"urn:uuid:endpoint-{sid}"}],
+                },
+                f"identifier=urn:dicom:uid|urn:oid:{uid}",
+                f"urn:uuid:study-{accession}",
+            )
+        )
+        if report:
+            text = f"Compte rendu {description} ({accession}) : examen sans particularité.\n"
+            data = text.encode("utf-8")
+            entries.append(
+                _put(
+                    {
+                        "resourceType": "DocumentReference",
+                        "masterIdentifier": {
+                            "system": "urn:ietf:rfc:3986",
+                            "value": f"urn:oid:{uid}.9",
+                        },
+                        "status": "current",
+                        "type": {
+                            "coding": [
+                                {
+                                    "system": "http://loinc.org",
+                                    "code": "18748-4",
+                                    "display": "Diagnostic imaging study",
+                                }
+                            ]
+                        },
+                        "subject": {"reference": f"urn:uuid:patient-{pi}"},
+                        "date": started,
+                        "author": [{"reference": f"urn:uuid:org-{sid}"}],
+                        "content": [
+                            {
+                                "attachment": {
+                                    "contentType": "text/plain",
+                                    "language": "fr",
+                                    "data": base64.b64encode(data).decode("ascii"),
+                                    "size": len(data),
+                                    "hash": base64.b64encode(hashlib.sha1(data).digest()).decode(),
+                                    "title": f"Compte rendu {accession}",
+                                }
+                            }
+                        ],
+                        "context": {"related": [{"reference": f"urn:uuid:study-{accession}"}]},
+                    },
+                    f"identifier=urn:ietf:rfc:3986|urn:oid:{uid}.9",
+                    f"urn:uuid:report-{accession}",
+                )
+            )
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
