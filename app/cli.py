@@ -1,4 +1,4 @@
-"""The `rix` command: serve, db upgrade, demo, openapi."""
+"""The `rix` command: serve, db upgrade, demo, token, audit, maintenance, openapi."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.config import Settings, get_settings
+from app.policy.principal import PURPOSES, ROLES
+
+if TYPE_CHECKING:
+    from app.services.runtime import Runtime
 
 OPENAPI_PATH = Path("openapi/openapi.json")
 
@@ -44,11 +49,8 @@ def _upgrade(settings: Settings, _args: argparse.Namespace) -> int:
 def _demo(settings: Settings, _args: argparse.Namespace) -> int:
     from app.demo.loader import demo_bundle
     from app.services.bundles import process_bundle
-    from app.services.runtime import Runtime
-    from app.storage.migrations import upgrade
 
-    upgrade(settings.database_url)
-    rt = Runtime.build(settings)
+    rt = _runtime(settings)
     result = process_bundle(
         rt, settings.base_url or "http://localhost/fhir", demo_bundle(), return_pref="minimal"
     )
@@ -75,6 +77,89 @@ def openapi_text(settings: Settings) -> str:
     return text
 
 
+def _runtime(settings: Settings) -> Runtime:
+    """A runtime on a database brought to the current schema first."""
+    from app.services.runtime import Runtime
+    from app.storage.migrations import upgrade
+
+    upgrade(settings.database_url)
+    return Runtime.build(settings)
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth.tokens import issue_dev_token
+
+    if settings.env == "production":
+        print(
+            "rix token: the development issuer is disabled when RIX_ENV=production", file=sys.stderr
+        )
+        return 2
+    print(
+        issue_dev_token(
+            settings,
+            subject=args.sub,
+            name=args.name,
+            role=args.role,
+            organization_id=args.org,
+            organization_name=args.org_name,
+            purpose=args.purpose,
+            scopes=args.scope or None,
+            patient=args.patient,
+            npi=args.npi,
+            ttl=args.ttl,
+        )
+    )
+    return 0
+
+
+def _audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
+    from app.storage.db import transaction
+
+    rt = _runtime(settings)
+    with transaction(rt.sessions) as session:
+        problems = rt.trail.verify(session)
+    rt.engine.dispose()
+    for problem in problems:
+        print(f"TAMPERED: {problem}")
+    if problems:
+        return 1
+    print("audit chain intact")
+    return 0
+
+
+def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
+    from app.fhir.values import date_range
+    from app.storage.db import transaction
+
+    since = date_range(args.since)[0] if args.since else None
+    until = date_range(args.until)[1] if args.until else None
+    rt = _runtime(settings)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    count = 0
+    try:
+        with transaction(rt.sessions) as session:
+            for line in rt.trail.export(session, since, until):
+                out.write(line + "\n")
+                count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        rt.engine.dispose()
+    print(f"exported {count} AuditEvents", file=sys.stderr)
+    return 0
+
+
+def _maintenance(settings: Settings, _args: argparse.Namespace) -> int:
+    from app.storage.db import transaction
+
+    rt = _runtime(settings)
+    with transaction(rt.sessions, write=True) as session:
+        purged = rt.trail.purge(session, settings.audit_retention_days)
+    rt.engine.dispose()
+    print(f"purged {purged} AuditEvents older than {settings.audit_retention_days} days")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     parser = argparse.ArgumentParser(prog="rix", description="RIX, the Regional Imaging eXchange")
@@ -89,6 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations").set_defaults(func=_upgrade)
     sub.add_parser("demo", help="load the demo data set").set_defaults(func=_demo)
+    token = sub.add_parser("token", help="print a development token (refused in production)")
+    token.add_argument("--sub", required=True, help="subject (person or system id)")
+    token.add_argument("--name", required=True, help="subject_name")
+    token.add_argument("--org", default=None, help="subject_organization_id (site id)")
+    token.add_argument("--org-name", default=None, help="subject_organization")
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--purpose", default="TREAT", choices=PURPOSES)
+    token.add_argument("--scope", action="append", help="SMART scope (repeatable)")
+    token.add_argument("--patient", default=None, help="Patient id (patient tokens)")
+    token.add_argument("--npi", default=None, help="national_provider_identifier (RPPS)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(func=_token)
+    audit = sub.add_parser("audit", help="audit trail tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain").set_defaults(func=_audit_verify)
+    export = audit_sub.add_parser("export", help="write AuditEvents as NDJSON")
+    export.add_argument("--since", default=None, help="FHIR date/dateTime (inclusive)")
+    export.add_argument("--until", default=None, help="FHIR date/dateTime (inclusive)")
+    export.add_argument("--output", default=None, help="file (default: standard output)")
+    export.set_defaults(func=_audit_export)
+    sub.add_parser(
+        "maintenance", help="purge audit records past RIX_AUDIT_RETENTION_DAYS"
+    ).set_defaults(func=_maintenance)
     openapi = sub.add_parser("openapi", help="write the OpenAPI description")
     openapi.add_argument("--output", default=str(OPENAPI_PATH))
     openapi.set_defaults(func=_openapi)

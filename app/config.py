@@ -27,6 +27,21 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=500, ge=1)
     max_include: int = Field(default=1000, ge=1, description="Cap on _include/_revinclude rows")
     db_pool_size: int = Field(default=10, ge=1)
+    jwks_file: Path | None = Field(default=None, description="JWKS of the trusted token issuer")
+    jwks_url: str | None = Field(default=None, description="JWKS URL of the trusted token issuer")
+    jwt_issuer: str = Field(default="rix-dev-issuer", description="Required `iss` of tokens")
+    jwt_audience: str = Field(default="rix", description="Required `aud` of tokens")
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwt_hs256_secret: str | None = Field(
+        default=None, description="Development only: also accept HS256 tokens signed with this"
+    )
+    audit: bool = Field(
+        default=True, description="Write BALP AuditEvents (off refused in production)"
+    )
+    audit_retention_days: int = Field(default=730, ge=1)
+    audit_key: str | None = Field(
+        default=None, description="MAC key of the audit hash chain (required in production)"
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.audit.balp import MINOR, Touch, audit_event
+from app.audit.trail import AuditTrail, load_key
+from app.auth.keys import KeySet, dev_jwks
+from app.auth.tokens import TokenVerifier
 from app.config import Settings
 from app.fhir.registry import Registry, build_registry
 from app.fhir.search import SearchParser
@@ -26,6 +30,8 @@ class Runtime:
     sessions: sessionmaker[Session]
     registry: Registry
     parser: SearchParser
+    verifier: TokenVerifier
+    trail: AuditTrail
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -38,7 +44,17 @@ class Runtime:
             max_count=settings.max_page_size,
             max_include=settings.max_include,
         )
-        return cls(settings, engine, session_factory(engine), registry, parser)
+        if settings.env == "production" and not settings.audit:
+            raise RuntimeError("RIX_AUDIT=false is refused in production")
+        return cls(
+            settings,
+            engine,
+            session_factory(engine),
+            registry,
+            parser,
+            TokenVerifier(settings, trusted_keys(settings)),
+            AuditTrail(load_key(settings)),
+        )
 
     @contextmanager
     def resources(self, base_url: str | None, *, write: bool = False) -> Iterator[ResourceService]:
@@ -47,3 +63,37 @@ class Runtime:
             yield ResourceService(
                 Repository(session, self.registry, base_url), self.registry, self.parser
             )
+
+    def record_authentication_failure(
+        self, request_id: str | None, claimed_subject: str | None, reason: str
+    ) -> None:
+        """Audit a refused token (BALP: user authentication, failure) with the internal reason."""
+        if not self.settings.audit:
+            return
+        event = audit_event(
+            Touch("operation", None),
+            principal=None,
+            request_id=request_id,
+            outcome=MINOR,
+            outcome_text=f"401: {reason}",
+            claimed_subject=claimed_subject,
+            event_code=(
+                "http://dicom.nema.org/resources/ontology/DCM",
+                "110114",
+                "User Authentication",
+            ),
+        )
+        with transaction(self.sessions, write=True) as session:
+            self.trail.append(Repository(session, self.registry), [event])
+
+
+def trusted_keys(settings: Settings) -> KeySet:
+    """The token issuer's keys: RIX_JWKS_FILE, RIX_JWKS_URL, or (development only) the
+    development issuer's key from RIX_DATA_DIR."""
+    if settings.jwks_file:
+        return KeySet.from_file(settings.jwks_file)
+    if settings.jwks_url:
+        return KeySet(url=settings.jwks_url)
+    if settings.env == "production":
+        raise RuntimeError("Set RIX_JWKS_FILE or RIX_JWKS_URL: production trusts no built-in key")
+    return KeySet(keys=dev_jwks(settings.data_dir)["keys"])

@@ -189,6 +189,32 @@ class NumberIndex(SQLModel, table=True):
     high: float
 
 
+class AuditChainRow(SQLModel, table=True):
+    """The tamper-evidence chain of AuditEvents: each link MACs its record and the previous link."""
+
+    __tablename__ = "audit_chain"
+
+    seq: int = Field(sa_column=Column(_BIGINT, primary_key=True, autoincrement=False))
+    resource_pk: int = Field(sa_column=Column(_BIGINT, nullable=False, index=True))
+    recorded: datetime = Field(sa_column=_utc())
+    mac: str = Field(max_length=64)
+
+
+class AuditHeadRow(SQLModel, table=True):
+    """The chain's single head row: last link, and the anchor left by retention purges.
+
+    Appending locks this row, which orders concurrent writers (every process) into one chain.
+    """
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(default=1, primary_key=True)
+    last_seq: int = Field(default=0, sa_column=Column(_BIGINT, nullable=False))
+    last_mac: str = Field(default="", max_length=64)
+    anchor_seq: int = Field(default=0, sa_column=Column(_BIGINT, nullable=False))
+    anchor_mac: str = Field(default="", max_length=64)
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The Core table behind a SQLModel class (for set-based SQL)."""
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
@@ -196,6 +222,8 @@ def table_of(model: type[SQLModel]) -> Table:
 
 RESOURCE = table_of(ResourceRow)
 VERSION = table_of(ResourceVersionRow)
+AUDIT_CHAIN = table_of(AuditChainRow)
+AUDIT_HEAD = table_of(AuditHeadRow)
 # Index tables by search-parameter type.
 INDEX_TABLES: dict[str, Table] = {
     "token": table_of(TokenIndex),

@@ -1,0 +1,1 @@
+"""The audit trail: BALP AuditEvents (IHE RESTful ATNA), hash-chained, retained, exportable."""

@@ -1,0 +1,73 @@
+"""Collects what a request touches and turns it into BALP AuditEvents when the request ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.audit.balp import MINOR, SERIOUS, Touch, audit_event
+from app.errors import FhirError
+from app.policy.principal import Principal
+
+# Directory data, not patient data: reading it is not audited (writing it is).
+UNAUDITED_READS = {"Organization", "Endpoint", "Practitioner", "PractitionerRole"}
+READS = {"read", "vread", "history-instance", "search-type", "history-type", "history-system"}
+
+
+@dataclass
+class AuditRecorder:
+    """One request's audit: touches are added as the services work, events built at the end."""
+
+    principal: Principal | None
+    request_id: str | None
+    enabled: bool = True
+    touches: list[Touch] = field(default_factory=list)
+
+    def touch(
+        self,
+        interaction: str,
+        type_name: str | None,
+        *,
+        items: list[str] | None = None,
+        patients: set[str] | None = None,
+        query: str | None = None,
+    ) -> Touch:
+        """Note an interaction; later calls may add items and patients to the returned Touch."""
+        touch = Touch(interaction, type_name, list(items or []), set(patients or set()), query)
+        self.touches.append(touch)
+        return touch
+
+    def _audited(self, touch: Touch) -> bool:
+        if touch.type == "AuditEvent" and touch.interaction == "create":
+            return False  # an ITI-20 record is its own trace
+        return not (touch.interaction in READS and touch.type in UNAUDITED_READS)
+
+    def success_events(self) -> list[dict[str, Any]]:
+        """The events of a request that succeeded."""
+        if not self.enabled:
+            return []
+        return [
+            audit_event(t, principal=self.principal, request_id=self.request_id)
+            for t in self.touches
+            if self._audited(t)
+        ]
+
+    def failure_events(self, error: FhirError | None) -> list[dict[str, Any]]:
+        """The events of a request that failed: every refusal and error is traced, with the
+        internal reason (never shown to the caller)."""
+        if not self.enabled:
+            return []
+        status = error.status if error else 500
+        text = error.diagnostics if error else "internal error"
+        outcome = SERIOUS if status >= 500 else MINOR
+        touches = self.touches or [Touch("operation", None)]
+        return [
+            audit_event(
+                Touch(t.interaction, t.type, t.items, t.patients, t.query),
+                principal=self.principal,
+                request_id=self.request_id,
+                outcome=outcome,
+                outcome_text=f"{status}: {text}",
+            )
+            for t in touches
+        ]

@@ -1,0 +1,207 @@
+"""The audit trail store: AuditEvents are resources (searchable by ITI-81) plus a keyed hash
+chain (HMAC-SHA256 over each record and its predecessor) that `rix audit verify` checks.
+
+The MAC key is RIX_AUDIT_KEY (required in production, shared by every process) or, in
+development, a key generated under RIX_DATA_DIR. Without the key, nobody can rewrite the chain
+to hide an altered, inserted or removed record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.fhir.values import now_utc
+from app.storage.repository import Repository, Stored
+from app.storage.tables import AUDIT_CHAIN, AUDIT_HEAD, INDEX_TABLES, RESOURCE, VERSION
+
+KEY_FILE = "audit-chain.key"
+
+
+def load_key(settings: Settings) -> bytes:
+    """The chain's MAC key."""
+    if settings.audit_key:
+        return settings.audit_key.encode("utf-8")
+    if settings.env == "production":
+        raise RuntimeError("RIX_AUDIT_KEY must be set in production (shared by every process)")
+    path = settings.data_dir / KEY_FILE
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secrets.token_hex(32))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return Path(path).read_text().strip().encode("utf-8")
+
+
+def link_mac(key: bytes, seq: int, previous: str, content: str) -> str:
+    """The MAC of one link: binds the record's exact content to its place in the chain."""
+    message = f"{seq}\n{previous}\n{content}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+class AuditTrail:
+    """Appends AuditEvents with their chain links; verifies and purges the chain."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def append(self, repo: Repository, events: list[dict[str, Any]]) -> list[Stored]:
+        """Store `events` in the caller's transaction: a write and its record commit together."""
+        if not events:
+            return []
+        session = repo.session
+        head = self._lock_head(session)
+        seq, previous = head["last_seq"], head["last_mac"]
+        stored_events = []
+        for event in events:
+            stored = repo.create(event)
+            seq += 1
+            assert stored.content is not None
+            mac = link_mac(self.key, seq, previous, stored.content)
+            session.execute(
+                insert(AUDIT_CHAIN).values(
+                    seq=seq, resource_pk=stored.pk, recorded=stored.last_updated, mac=mac
+                )
+            )
+            previous = mac
+            stored_events.append(stored)
+        session.execute(
+            update(AUDIT_HEAD).where(AUDIT_HEAD.c.id == 1).values(last_seq=seq, last_mac=previous)
+        )
+        return stored_events
+
+    @staticmethod
+    def _lock_head(session: Session) -> dict[str, Any]:
+        query = select(AUDIT_HEAD).where(AUDIT_HEAD.c.id == 1)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = session.execute(query).mappings().first()
+        if row is None:
+            session.execute(
+                insert(AUDIT_HEAD).values(
+                    id=1, last_seq=0, last_mac="", anchor_seq=0, anchor_mac=""
+                )
+            )
+            row = session.execute(query).mappings().one()
+        return dict(row)
+
+    # -- verification ---------------------------------------------------------------------------
+
+    def verify(self, session: Session) -> list[str]:
+        """Every problem found in the chain (empty when intact)."""
+        problems: list[str] = []
+        head = session.execute(select(AUDIT_HEAD)).mappings().first()
+        if head is None:
+            return problems
+        expected_seq, previous = head["anchor_seq"], head["anchor_mac"]
+        rows = session.execute(
+            select(
+                AUDIT_CHAIN.c.seq,
+                AUDIT_CHAIN.c.mac,
+                AUDIT_CHAIN.c.resource_pk,
+                RESOURCE.c.content,
+                RESOURCE.c.version_id,
+            )
+            .select_from(
+                AUDIT_CHAIN.outerjoin(RESOURCE, RESOURCE.c.pk == AUDIT_CHAIN.c.resource_pk)
+            )
+            .order_by(AUDIT_CHAIN.c.seq)
+        )
+        chained: set[int] = set()
+        for row in rows:
+            chained.add(row.resource_pk)
+            if row.seq != expected_seq + 1:
+                problems.append(f"records {expected_seq + 1}..{row.seq - 1} removed from the chain")
+            if row.content is None:
+                problems.append(f"record {row.seq}: AuditEvent removed or emptied")
+            elif row.version_id != 1:
+                problems.append(
+                    f"record {row.seq}: AuditEvent was modified (version {row.version_id})"
+                )
+            elif link_mac(self.key, row.seq, previous, row.content) != row.mac:
+                problems.append(f"record {row.seq}: content or chain link altered")
+            expected_seq, previous = row.seq, row.mac
+        if expected_seq != head["last_seq"] or previous != head["last_mac"]:
+            problems.append(
+                f"chain ends at record {expected_seq}, head says {head['last_seq']}: records lost"
+            )
+        unchained = session.execute(
+            select(func.count())
+            .select_from(RESOURCE)
+            .where(
+                RESOURCE.c.resource_type == "AuditEvent",
+                RESOURCE.c.pk.not_in(select(AUDIT_CHAIN.c.resource_pk)),
+            )
+        ).scalar_one()
+        if unchained:
+            problems.append(f"{unchained} AuditEvent(s) inserted outside the chain")
+        return problems
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def purge(self, session: Session, retention_days: int) -> int:
+        """Delete records older than the retention period, oldest first, moving the anchor so
+        the remaining chain still verifies. Returns how many records went."""
+        cutoff: datetime = now_utc() - timedelta(days=retention_days)
+        self._lock_head(session)
+        doomed = session.execute(
+            select(AUDIT_CHAIN.c.seq, AUDIT_CHAIN.c.mac, AUDIT_CHAIN.c.resource_pk)
+            .where(AUDIT_CHAIN.c.recorded < cutoff)
+            .order_by(AUDIT_CHAIN.c.seq)
+        ).all()
+        # Only a prefix of the chain can go: the anchor must stay a link of the chain.
+        head = session.execute(select(AUDIT_HEAD)).mappings().one()
+        prefix = []
+        expected = head["anchor_seq"] + 1
+        for row in doomed:
+            if row.seq != expected:
+                break
+            prefix.append(row)
+            expected += 1
+        if not prefix:
+            return 0
+        pks = [r.resource_pk for r in prefix]
+        for chunk in _chunks(pks, 500):
+            for table in INDEX_TABLES.values():
+                session.execute(delete(table).where(table.c.resource_pk.in_(chunk)))
+            session.execute(delete(VERSION).where(VERSION.c.resource_pk.in_(chunk)))
+            session.execute(delete(AUDIT_CHAIN).where(AUDIT_CHAIN.c.resource_pk.in_(chunk)))
+            session.execute(delete(RESOURCE).where(RESOURCE.c.pk.in_(chunk)))
+        last = prefix[-1]
+        session.execute(
+            update(AUDIT_HEAD)
+            .where(AUDIT_HEAD.c.id == 1)
+            .values(anchor_seq=last.seq, anchor_mac=last.mac)
+        )
+        return len(prefix)
+
+    def export(
+        self, session: Session, since: datetime | None, until: datetime | None
+    ) -> Iterator[str]:
+        """The AuditEvents recorded in [since, until), oldest first, as JSON lines."""
+        query = (
+            select(RESOURCE.c.content)
+            .select_from(AUDIT_CHAIN.join(RESOURCE, RESOURCE.c.pk == AUDIT_CHAIN.c.resource_pk))
+            .order_by(AUDIT_CHAIN.c.seq)
+        )
+        if since:
+            query = query.where(AUDIT_CHAIN.c.recorded >= since)
+        if until:
+            query = query.where(AUDIT_CHAIN.c.recorded < until)
+        for (content,) in session.execute(query.execution_options(yield_per=500)):
+            yield content
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

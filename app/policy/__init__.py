@@ -1,0 +1,1 @@
+"""THE seam where access decisions live: principal, scopes, roles, organisation boundaries."""

@@ -1,0 +1,69 @@
+"""The role x resource-type matrix: which `subject_role` may do what (SMART letters c r u d s).
+
+This table is the documentation too (README "Roles"): change it here, not in routes.
+"""
+
+from __future__ import annotations
+
+ALL = "cruds"
+READ = "rs"
+
+_CLINICAL_DATA = ("ServiceRequest", "ImagingStudy", "DocumentReference", "List", "Binary")
+
+MATRIX: dict[str, dict[str, str]] = {
+    "admin": {"*": ALL, "AuditEvent": READ},
+    "site-system": {
+        "Organization": READ,
+        "Endpoint": READ,
+        "Practitioner": ALL,
+        "PractitionerRole": ALL,
+        "Patient": ALL,
+        **dict.fromkeys(_CLINICAL_DATA, ALL),
+        "Consent": "crus",
+        "Task": "crus",
+        "Provenance": "crs",
+        "AuditEvent": "c",
+    },
+    "radiologist": {
+        "Organization": READ,
+        "Endpoint": READ,
+        "Practitioner": READ,
+        "PractitionerRole": READ,
+        "Patient": READ,
+        **dict.fromkeys(_CLINICAL_DATA, READ),
+        "Consent": READ,
+        "Provenance": READ,
+    },
+    "gp": {
+        "Organization": READ,
+        "Endpoint": READ,
+        "Practitioner": READ,
+        "PractitionerRole": READ,
+        "Patient": READ,
+        **dict.fromkeys(_CLINICAL_DATA, READ),
+    },
+    "registry": {
+        "Organization": READ,
+        "Endpoint": READ,
+        "Patient": READ,
+        "Consent": "crus",
+        "Task": "crus",
+    },
+    "dpo": {
+        "*": READ,
+        "Task": "rus",
+    },
+    "patient": {
+        "Patient": READ,
+        **dict.fromkeys(_CLINICAL_DATA, READ),
+        "Consent": READ,
+        "AuditEvent": READ,
+    },
+}
+MATRIX["clinician"] = dict(MATRIX["radiologist"])
+
+
+def role_allows(role: str, type_name: str, letter: str) -> bool:
+    """True when `role` may do the interaction `letter` on `type_name`."""
+    grants = MATRIX.get(role, {})
+    return letter in grants.get(type_name, grants.get("*", ""))

@@ -1,0 +1,127 @@
+"""The policy seam every request path goes through (HAPI IConsentService-style):
+
+- `start`: may this request begin? (role x type matrix and SMART scopes)
+- `narrow`: extra search criteria, so the database skips what the caller may not see (speed)
+- `can_see`: per item, for every item that leaves the server (the guarantee)
+- `check_write`: organisation boundaries on what a caller may create or change
+
+Audit (`complete`) is the AuditRecorder's job, fed by the same service calls. Hidden and missing
+are indistinguishable: callers turn a `can_see` refusal into 404, never 403.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import Forbidden
+from app.fhir.fhirpath import reference_type
+from app.fhir.naming import IPP_PREFIX, ipp_system
+from app.fhir.registry import Registry
+from app.fhir.search import SearchParser, SearchQuery
+from app.policy.principal import Principal
+from app.policy.rules import role_allows
+from app.policy.scopes import LETTER, scope_allows
+
+# Looks a Patient up by its logical id (None when unknown or deleted).
+PatientLookup = Callable[[str], dict[str, Any] | None]
+
+
+@dataclass
+class Policy:
+    """Access decisions for one server; stateless, so every process decides alike."""
+
+    registry: Registry
+    parser: SearchParser
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self, principal: Principal, interaction: str, type_name: str) -> None:
+        """Refuse (403) an interaction the caller's role or scopes do not grant at all."""
+        letter = LETTER[interaction]
+        if not role_allows(principal.role, type_name, letter):
+            raise Forbidden(f"Role '{principal.role}' may not {interaction} {type_name}")
+        if not scope_allows(principal.scopes, type_name, interaction):
+            raise Forbidden(f"The token's scopes do not grant {interaction} on {type_name}")
+        if principal.role == "patient":
+            if not principal.patient:
+                raise Forbidden("A patient token must name its patient")
+            if type_name != "Patient" and self.registry.get(type_name).param("patient") is None:
+                raise Forbidden(f"{type_name} is not available to patients")
+
+    # -- narrow ---------------------------------------------------------------------------------
+
+    def narrow(self, principal: Principal, query: SearchQuery) -> None:
+        """Add criteria so the database returns only what the caller may see."""
+        if principal.role != "patient":
+            return
+        pid = principal.patient or ""
+        pairs = [("_id", pid)] if query.type == "Patient" else [("patient", f"Patient/{pid}")]
+        query.criteria.extend(self.parser.parse(query.type, pairs).criteria)
+
+    # -- can_see --------------------------------------------------------------------------------
+
+    def can_see(
+        self, principal: Principal, type_name: str, resource_id: str, resource: dict[str, Any]
+    ) -> bool:
+        """True when this item may leave the server for this caller."""
+        if principal.role != "patient":
+            return True
+        return principal.patient in self.patients_of(type_name, resource_id, resource)
+
+    def patients_of(self, type_name: str, resource_id: str, resource: dict[str, Any]) -> set[str]:
+        """Logical ids of the patients a resource is about (by its `patient` search parameter)."""
+        if type_name == "Patient":
+            return {resource_id}
+        param = self.registry.get(type_name).param("patient")
+        if param is None or param.path is None:
+            return set()
+        out = set()
+        for node in param.path.evaluate(resource):
+            ref = node.get("reference") if isinstance(node, dict) else None
+            if isinstance(ref, str) and reference_type(ref) == "Patient":
+                out.add(ref.split("/_history")[0].rsplit("/", 1)[-1])
+        return out
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def check_write(
+        self,
+        principal: Principal,
+        type_name: str,
+        resource_id: str | None,
+        resource: dict[str, Any],
+        patients: PatientLookup,
+    ) -> None:
+        """A site system writes only in its own site's patient-identifier namespace."""
+        if principal.role != "site-system":
+            return
+        if not principal.organization_id:
+            raise Forbidden("A site-system token must name its organisation (site id)")
+        own = ipp_system(principal.organization_id)
+        if type_name == "Patient":
+            _check_patient_namespaces(resource, own)
+            return
+        for pid in self.patients_of(type_name, resource_id or "", resource):
+            patient = patients(pid)
+            if patient is None:
+                continue  # a dangling reference is the client's business; nothing to protect
+            if not any(i.get("system") == own for i in patient.get("identifier", [])):
+                raise Forbidden(
+                    f"Patient/{pid} is not known in your site's namespace ({own}); "
+                    "a site may only register data for its own patients"
+                )
+
+
+def _check_patient_namespaces(resource: dict[str, Any], own: str) -> None:
+    systems = {i.get("system") for i in resource.get("identifier", []) if isinstance(i, dict)}
+    foreign = sorted(
+        s for s in systems if isinstance(s, str) and s.startswith(IPP_PREFIX) and s != own
+    )
+    if foreign:
+        raise Forbidden(
+            f"A site may not write identifiers in another site's namespace ({', '.join(foreign)})"
+        )
+    if own not in systems:
+        raise Forbidden(f"A Patient written by a site must carry an identifier in {own}")
