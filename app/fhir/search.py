@@ -32,6 +32,7 @@ RESULT_PARAMS = {
     "_summary",
     "_elements",
     "_total",
+    "_totalMethod",
     "_format",
     "_pretty",
     "_offset",
@@ -195,6 +196,8 @@ class SearchParser:
         criterion = Criterion(param=param)
         if modifier:
             if param.type == "reference" and modifier in self.registry:
+                if param.targets and modifier not in param.targets:
+                    raise Invalid(f"'{modifier}' is not a valid target type of '{code}'")
                 criterion.target_type = modifier
             elif modifier not in MODIFIERS[param.type]:
                 raise NotSupported(
@@ -286,6 +289,9 @@ class SearchParser:
                 if param is None:
                     raise NotSupported(f"Cannot sort on unknown parameter '{code}'")
                 query.sort.append(SortKey(param, descending))
+        elif base == "_totalMethod":
+            # fhirpy's count() sends this Aidbox parameter; every total here is accurate.
+            query.total = "accurate"
         elif base == "_total":
             if value not in TOTAL_MODES:
                 raise Invalid(f"_total must be one of {', '.join(sorted(TOTAL_MODES))}")

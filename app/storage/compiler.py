@@ -34,6 +34,23 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+class _Shifted:
+    """`column + delta` compared with Python values, moving `delta` to the Python side: SQLite
+    keeps datetimes as text, where `column + interval` in SQL is numeric nonsense."""
+
+    def __init__(self, column: Any, delta: timedelta) -> None:
+        self.column, self.delta = column, delta
+
+    def __gt__(self, other: Any) -> ColumnElement[bool]:
+        return self.column > other - self.delta
+
+    def __lt__(self, other: Any) -> ColumnElement[bool]:
+        return self.column < other - self.delta
+
+    def __le__(self, other: Any) -> ColumnElement[bool]:
+        return self.column <= other - self.delta
+
+
 class Compiler:
     """Compiles criteria against a resource alias; `base_url` recognises our absolute refs."""
 
@@ -50,7 +67,7 @@ class Compiler:
         ]
         if query.snapshot is not None:
             clauses.append(r.c.pk <= query.snapshot)
-        clauses.extend(self.criterion(c, r) for c in query.criteria)
+        clauses.extend(self.criterion(c, r, query.type) for c in query.criteria)
         return clauses
 
     def order_by(self, query: SearchQuery, r: FromClause) -> list[Any]:
@@ -80,10 +97,15 @@ class Compiler:
 
     # -- criteria -----------------------------------------------------------------------------
 
-    def criterion(self, c: Criterion, r: FromClause) -> ColumnElement[bool]:
-        """One parameter occurrence (its values OR-ed)."""
+    def criterion(
+        self, c: Criterion, r: FromClause, type_name: str | None = None
+    ) -> ColumnElement[bool]:
+        """One parameter occurrence (its values OR-ed); `type_name` is the type of `r`'s rows."""
         if c.has is not None:
             return self._has(c, r)
+        if c.param.code in ("_id", "_lastUpdated") and c.modifier == "missing":
+            # Every resource has an id and a lastUpdated.
+            return false() if c.values[0].raw == "true" else r.c.pk.is_not(None)
         if c.param.code == "_id":
             return self._id(c, r)
         if c.param.code == "_lastUpdated":
@@ -102,9 +124,20 @@ class Compiler:
         param_code = c.param.code + (":of-type" if c.modifier == "of-type" else "")
         matcher = getattr(self, "_" + c.param.type)
         match = or_(*(matcher(v, idx, c) for v in c.values))
+        if type_name is not None:
+            # Uncorrelated, so the database can start from the index and fetch only the matching
+            # resources (SQLite never turns a correlated EXISTS into a join: it would read every
+            # resource of the type). Index rows carry their resource's type.
+            return r.c.pk.in_(
+                select(idx.c.resource_pk).where(
+                    idx.c.resource_type == type_name, idx.c.param == param_code, match
+                )
+            )
         return exists().where(idx.c.resource_pk == r.c.pk, idx.c.param == param_code, match)
 
     def _id(self, c: Criterion, r: FromClause) -> ColumnElement[bool]:
+        if c.modifier not in (None, "not"):
+            raise Invalid(f"Modifier ':{c.modifier}' is not supported on _id")
         ids = [unescape(v.raw) for v in c.values]
         cond = r.c.resource_id.in_(ids)
         return not_(cond) if c.modifier == "not" else cond
@@ -130,17 +163,25 @@ class Compiler:
         text = unescape(v.raw)
         if c.modifier == "exact":
             return idx.c.exact == text
-        pattern = _like_escape(normalize(text))
+        normalized = normalize(text)
+        if not normalized:
+            raise Invalid(
+                f"'{text}' has nothing to search on for '{c.param.code}' (letters or digits "
+                "are needed; use :exact to match punctuation)"
+            )
+        pattern = _like_escape(normalized)
         if c.modifier == "contains":
             return idx.c.value.like(f"%{pattern}%", escape="\\")
         return idx.c.value.like(f"{pattern}%", escape="\\")
 
     def _uri(self, v: Value, idx: FromClause, c: Criterion) -> ColumnElement[bool]:
         text = unescape(v.raw)
+        # URIs are case-sensitive: the LIKE (which SQLite folds) only narrows, substr decides.
         if c.modifier == "below":
-            return idx.c.value.like(_like_escape(text) + "%", escape="\\")
+            prefix = func.substr(idx.c.value, 1, len(text)) == text
+            return and_(idx.c.value.like(_like_escape(text) + "%", escape="\\"), prefix)
         if c.modifier == "above":
-            return literal(text).like(func.replace(idx.c.value, "%", "\\%") + "%", escape="\\")
+            return func.substr(literal(text), 1, func.length(idx.c.value)) == idx.c.value
         return idx.c.value == text
 
     def _number(self, v: Value, idx: FromClause, c: Criterion) -> ColumnElement[bool]:
@@ -159,7 +200,9 @@ class Compiler:
     def _date_point(self, v: Value, column: Any, c: Criterion) -> ColumnElement[bool]:
         low, high = parse_search_date(v.raw, c.param.code)
         # lastUpdated is an instant kept to the millisecond: its own range is 1 ms wide.
-        return self._compare(v.prefix, low, high, column, column + timedelta(milliseconds=1))
+        return self._compare(
+            v.prefix, low, high, column, _Shifted(column, timedelta(milliseconds=1))
+        )
 
     @staticmethod
     def _compare(
