@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from app import __version__
@@ -21,7 +23,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="RIX", version=__version__, description=DESCRIPTION)
     app.state.rix = rt
     errors.install(app)
-    system.install(app)
+    system.install(app, settings)
     fhir.install(app, rt)
     app.add_middleware(RequestId)
+    _declare_bearer_auth(app)
     return app
+
+
+PUBLIC_PATHS = {"/fhir/metadata", "/healthz", "/readyz", "/.well-known/jwks.json"}
+
+
+def _declare_bearer_auth(app: FastAPI) -> None:
+    """OpenAPI: every operation needs an IUA bearer JWT except the public ones."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "iuaBearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "IHE IUA access token (claims: see README, Authentication)",
+            }
+        }
+        schema["security"] = [{"iuaBearer": []}]
+        for path, operations in schema.get("paths", {}).items():
+            if path in PUBLIC_PATHS:
+                for operation in operations.values():
+                    operation["security"] = []
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

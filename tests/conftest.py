@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from app.auth.tokens import issue_dev_token
 from app.config import Settings
 from app.main import create_app
 from app.storage.migrations import upgrade
@@ -93,10 +94,46 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(env="test", database_url=database_url, data_dir=tmp_path / "data")
 
 
+Token = Callable[..., dict[str, str]]
+
+
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    """An HTTP client on a fresh app (server errors come back as responses, as in production)."""
+def token(settings: Settings) -> Token:
+    """`token(role, sub=, name=, org=, purpose=, scopes=, patient=, npi=)` -> Authorization
+    header with a development token the test app accepts."""
+
+    def make(
+        role: str,
+        *,
+        sub: str | None = None,
+        name: str | None = None,
+        org: str | None = None,
+        purpose: str = "TREAT",
+        scopes: list[str] | None = None,
+        patient: str | None = None,
+        npi: str | None = None,
+    ) -> dict[str, str]:
+        jwt = issue_dev_token(
+            settings,
+            subject=sub or f"test-{role}",
+            name=name or f"Test {role}",
+            role=role,
+            organization_id=org,
+            purpose=purpose,
+            scopes=scopes,
+            patient=patient,
+            npi=npi,
+        )
+        return {"Authorization": f"Bearer {jwt}"}
+
+    return make
+
+
+@pytest.fixture
+def client(settings: Settings, token: Token) -> Iterator[TestClient]:
+    """An HTTP client on a fresh app, authenticated as an administrator unless a test sends its
+    own Authorization header (server errors come back as responses, as in production)."""
     app = create_app(settings)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, headers=token("admin")) as c:
         yield c
     app.state.rix.engine.dispose()

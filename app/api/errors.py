@@ -80,4 +80,7 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error (request %s)", request_id(request))
         issue = Issue("exception", "Internal error; quote the request id to the operators")
-        return fhir_response(operation_outcome([issue], request_id(request)), 500)
+        # Starlette answers this one outside the middleware stack: echo the request id here.
+        rid = request_id(request)
+        headers = {"X-Request-Id": rid} if rid else None
+        return fhir_response(operation_outcome([issue], rid), 500, headers)

@@ -7,14 +7,16 @@ rules and no SQL live here.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api import media
+from app.api.auth import authenticate
 from app.api.errors import request_id
 from app.errors import Invalid, PreconditionFailed
 from app.fhir.bundles import information, subset
@@ -22,6 +24,7 @@ from app.fhir.capability import capability_statement
 from app.fhir.values import http_date
 from app.services import rendering
 from app.services.bundles import process_bundle
+from app.services.resources import ResourceService
 from app.services.runtime import Runtime
 from app.storage.repository import Stored
 
@@ -46,6 +49,16 @@ def base_url(request: Request) -> str:
     if configured:
         return configured.rstrip("/")
     return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def unit_of_work(request: Request, *, write: bool = False) -> ContextManager[ResourceService]:
+    """The resource service for this request's principal, in one database transaction."""
+    return runtime(request).resources(
+        base_url(request),
+        write=write,
+        principal=request.state.principal,
+        request_id=request_id(request),
+    )
 
 
 def query_pairs(request: Request) -> list[tuple[str, str]]:
@@ -73,6 +86,14 @@ def _if_match(request: Request) -> int | None:
     if not value.isdigit():
         raise PreconditionFailed(f"If-Match '{header}' is not a version ETag like W/\"3\"")
     return int(value)
+
+
+def _none_match(request: Request, etag: str) -> bool:
+    """If-None-Match by RFC 9110 weak comparison: `*`, or any listed tag of the same version."""
+    header = request.headers.get("if-none-match", "").strip()
+    if header == "*":
+        return True
+    return etag.removeprefix("W/") in {t.strip().removeprefix("W/") for t in header.split(",")}
 
 
 def resource_headers(stored: Stored, base: str, *, location: bool = False) -> dict[str, str]:
@@ -119,10 +140,10 @@ class Interactions:
 
     async def _search(self, request: Request, pairs: list[tuple[str, str]]) -> Response:
         media.wanted_format(request)
-        rt, base = runtime(request), base_url(request)
+        base = base_url(request)
 
         def run() -> dict[str, Any]:
-            with rt.resources(base) as svc:
+            with unit_of_work(request) as svc:
                 result = svc.search(self.type, pairs, lenient=_lenient(request))
                 return rendering.searchset(base, f"{base}/{self.type}", result)
 
@@ -136,10 +157,9 @@ class Interactions:
         header = request.headers.get("if-none-exist")
         if header:
             criteria += parse_qsl(header.lstrip("?"), keep_blank_values=True)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> tuple[Stored, int]:
-            with rt.resources(base, write=True) as svc:
+            with unit_of_work(request, write=True) as svc:
                 written = svc.create(self.type, body, criteria or None)
                 return written.stored, written.status
 
@@ -149,10 +169,9 @@ class Interactions:
     async def read(self, request: Request, id: str) -> Response:
         """read: GET [base]/[type]/[id]"""
         media.wanted_format(request)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> Stored:
-            with rt.resources(base) as svc:
+            with unit_of_work(request) as svc:
                 return svc.read(self.type, id)
 
         stored = await run_in_threadpool(run)
@@ -161,18 +180,16 @@ class Interactions:
     async def vread(self, request: Request, id: str, vid: str) -> Response:
         """vread: GET [base]/[type]/[id]/_history/[vid]"""
         media.wanted_format(request)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> Stored:
-            with rt.resources(base) as svc:
+            with unit_of_work(request) as svc:
                 return svc.vread(self.type, id, vid)
 
         return self._render_read(request, await run_in_threadpool(run))
 
     def _render_read(self, request: Request, stored: Stored) -> Response:
         headers = resource_headers(stored, base_url(request))
-        etag = request.headers.get("if-none-match")
-        if etag and etag.strip() == headers["ETag"]:
+        if _none_match(request, headers["ETag"]):
             return Response(status_code=304, headers=headers)
         elements = request.query_params.get("_elements")
         summary = request.query_params.get("_summary")
@@ -186,10 +203,9 @@ class Interactions:
         media.wanted_format(request)
         body = await media.read_json(request)
         if_match = _if_match(request)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> tuple[Stored, int]:
-            with rt.resources(base, write=True) as svc:
+            with unit_of_work(request, write=True) as svc:
                 written = svc.update(self.type, id, body, if_match)
                 return written.stored, written.status
 
@@ -201,10 +217,9 @@ class Interactions:
         media.wanted_format(request)
         body = await media.read_json(request)
         criteria, if_match = _criteria(request), _if_match(request)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> tuple[Stored, int]:
-            with rt.resources(base, write=True) as svc:
+            with unit_of_work(request, write=True) as svc:
                 written = svc.conditional_update(self.type, criteria, body, if_match)
                 return written.stored, written.status
 
@@ -216,10 +231,9 @@ class Interactions:
         media.wanted_format(request)
         ops = await media.read_json(request, allow={media.JSON_PATCH})
         if_match = _if_match(request)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> Stored:
-            with rt.resources(base, write=True) as svc:
+            with unit_of_work(request, write=True) as svc:
                 return svc.patch(self.type, id, ops, if_match).stored
 
         return _written(request, await run_in_threadpool(run), 200)
@@ -229,10 +243,9 @@ class Interactions:
         media.wanted_format(request)
         ops = await media.read_json(request, allow={media.JSON_PATCH})
         criteria, if_match = _criteria(request), _if_match(request)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> Stored:
-            with rt.resources(base, write=True) as svc:
+            with unit_of_work(request, write=True) as svc:
                 return svc.conditional_patch(self.type, criteria, ops, if_match).stored
 
         return _written(request, await run_in_threadpool(run), 200)
@@ -240,10 +253,9 @@ class Interactions:
     async def delete(self, request: Request, id: str) -> Response:
         """delete: DELETE [base]/[type]/[id] (a tombstone; history is kept)."""
         if_match = _if_match(request)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> Stored | None:
-            with rt.resources(base, write=True) as svc:
+            with unit_of_work(request, write=True) as svc:
                 return svc.delete(self.type, id, if_match)
 
         stored = await run_in_threadpool(run)
@@ -253,10 +265,9 @@ class Interactions:
     async def conditional_delete(self, request: Request) -> Response:
         """conditional delete: DELETE [base]/[type]?criteria (one match at most)."""
         criteria = _criteria(request)
-        rt, base = runtime(request), base_url(request)
 
         def run() -> Stored | None:
-            with rt.resources(base, write=True) as svc:
+            with unit_of_work(request, write=True) as svc:
                 return svc.conditional_delete(self.type, criteria)
 
         stored = await run_in_threadpool(run)
@@ -276,12 +287,12 @@ class Interactions:
 
 async def _history(request: Request, type_name: str | None, resource_id: str | None) -> Response:
     media.wanted_format(request)
-    rt, base = runtime(request), base_url(request)
+    base = base_url(request)
     url = "/".join(p for p in (base, type_name, resource_id) if p) + "/_history"
     pairs = _criteria(request)
 
     def run() -> dict[str, Any]:
-        with rt.resources(base) as svc:
+        with unit_of_work(request) as svc:
             return rendering.history(base, url, pairs, svc.history(type_name, resource_id, pairs))
 
     return media.fhir_response(await run_in_threadpool(run))
@@ -296,11 +307,18 @@ async def batch_or_transaction(request: Request) -> Response:
     """batch / transaction: POST [base] with a Bundle (FHIR R4 http.html#transaction)."""
     media.wanted_format(request)
     body = await media.read_json(request)
-    rt, base = runtime(request), base_url(request)
+    base = base_url(request)
     return_pref = _prefer(request, "return") or "representation"
 
     def run() -> dict[str, Any]:
-        return process_bundle(rt, base, body, return_pref=return_pref)
+        return process_bundle(
+            runtime(request),
+            base,
+            body,
+            return_pref=return_pref,
+            principal=request.state.principal,
+            request_id=request_id(request),
+        )
 
     return media.fhir_response(await run_in_threadpool(run))
 
@@ -314,19 +332,19 @@ async def metadata(request: Request) -> Response:
 
 # The interaction table: (method, path under /fhir/{type}, handler name, summary).
 TYPE_ROUTES = (
-    ("GET", "", "search", "search-type"),
-    ("POST", "", "create", "create / conditional create"),
-    ("PUT", "", "conditional_update", "conditional update"),
-    ("PATCH", "", "conditional_patch", "conditional patch (JSON Patch)"),
-    ("DELETE", "", "conditional_delete", "conditional delete"),
-    ("POST", "/_search", "search_post", "search-type (POST form)"),
-    ("GET", "/_history", "history_type", "history-type"),
-    ("GET", "/{id}", "read", "read"),
-    ("PUT", "/{id}", "update", "update / update-as-create"),
-    ("PATCH", "/{id}", "patch", "patch (JSON Patch)"),
-    ("DELETE", "/{id}", "delete", "delete"),
-    ("GET", "/{id}/_history", "history_instance", "history-instance"),
-    ("GET", "/{id}/_history/{vid}", "vread", "vread"),
+    ("GET", "", "search", "search-type", "search-type"),
+    ("POST", "", "create", "create", "create / conditional create"),
+    ("PUT", "", "conditional_update", "update", "conditional update"),
+    ("PATCH", "", "conditional_patch", "patch", "conditional patch (JSON Patch)"),
+    ("DELETE", "", "conditional_delete", "delete", "conditional delete"),
+    ("POST", "/_search", "search_post", "search-type", "search-type (POST form)"),
+    ("GET", "/_history", "history_type", "history-type", "history-type"),
+    ("GET", "/{id}", "read", "read", "read"),
+    ("PUT", "/{id}", "update", "update", "update / update-as-create"),
+    ("PATCH", "/{id}", "patch", "patch", "patch (JSON Patch)"),
+    ("DELETE", "/{id}", "delete", "delete", "delete"),
+    ("GET", "/{id}/_history", "history_instance", "history-instance", "history-instance"),
+    ("GET", "/{id}/_history/{vid}", "vread", "vread", "vread"),
 )
 
 _JSON_BODY = {
@@ -343,13 +361,17 @@ _PATCH_BODY = {
 }
 
 
-def build_router(rt: Runtime) -> APIRouter:
-    """The /fhir router: system interactions, then the table above for every registered type."""
-    router = APIRouter(prefix="/fhir", responses=_ERRORS)
+def build_router(rt: Runtime) -> tuple[APIRouter, APIRouter]:
+    """The /fhir router: system interactions, then the table above for every registered type.
+
+    Every route requires a bearer token (IUA) except the CapabilityStatement.
+    """
+    public = APIRouter(prefix="/fhir", responses=_ERRORS)
+    router = APIRouter(prefix="/fhir", responses=_ERRORS, dependencies=[Depends(authenticate)])
     ok: dict[int | str, dict[str, Any]] = {
         200: {"description": "FHIR resource or Bundle", "content": _FHIR_JSON_CONTENT}
     }
-    router.add_api_route(
+    public.add_api_route(
         "/metadata",
         metadata,
         methods=["GET"],
@@ -368,6 +390,14 @@ def build_router(rt: Runtime) -> APIRouter:
         response_class=Response,
         openapi_extra=_JSON_BODY,
     )
+    # fhirclient posts transactions to `[base]/`: answer there too rather than redirect a POST.
+    router.add_api_route(
+        "/",
+        batch_or_transaction,
+        methods=["POST"],
+        include_in_schema=False,
+        response_class=Response,
+    )
     router.add_api_route(
         "/_history",
         history_system,
@@ -379,7 +409,10 @@ def build_router(rt: Runtime) -> APIRouter:
     )
     for type_name in rt.registry.names():
         handlers = Interactions(type_name)
-        for method, path, name, summary in TYPE_ROUTES:
+        supported = rt.registry.get(type_name).interactions
+        for method, path, name, interaction, summary in TYPE_ROUTES:
+            if interaction not in supported:
+                continue  # e.g. AuditEvent is immutable: PUT/PATCH/DELETE answer 405
             extra = None
             if method in ("POST", "PUT") and name != "search_post":
                 extra = _JSON_BODY
@@ -401,9 +434,11 @@ def build_router(rt: Runtime) -> APIRouter:
                 response_class=Response,
                 openapi_extra=extra,
             )
-    return router
+    return public, router
 
 
 def install(app: FastAPI, rt: Runtime) -> None:
     """Mount the FHIR API."""
-    app.include_router(build_router(rt))
+    public, protected = build_router(rt)
+    app.include_router(public)
+    app.include_router(protected)

@@ -7,6 +7,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from app.auth.keys import dev_jwks
+from app.config import Settings
 from app.storage.db import ping
 
 
@@ -24,9 +26,19 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
-def install(app: FastAPI) -> None:
-    """Mount /healthz and /readyz."""
+async def jwks(request: Request) -> JSONResponse:
+    """The development token issuer's public key (development and test only)."""
+    rt = request.app.state.rix
+    return JSONResponse(dev_jwks(rt.settings.data_dir))
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Mount /healthz, /readyz and, outside production, the development issuer's JWKS."""
     router = APIRouter(tags=["operations"])
     router.add_api_route("/healthz", healthz, methods=["GET"], summary="liveness")
     router.add_api_route("/readyz", readyz, methods=["GET"], summary="readiness (database)")
+    if settings.env != "production":
+        router.add_api_route(
+            "/.well-known/jwks.json", jwks, methods=["GET"], summary="development issuer JWKS"
+        )
     app.include_router(router)

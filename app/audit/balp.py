@@ -68,6 +68,7 @@ def _user_agent(principal: Principal | None, claimed: str | None) -> dict[str, A
             "identifier": {"system": SUBJECT_SYSTEM, "value": principal.subject},
             "display": principal.name,
         },
+        "name": principal.name,
         "requestor": True,
         "role": [{"coding": [{"system": ROLE_SYSTEM, "code": principal.role}]}],
         "purposeOfUse": [{"coding": [{"system": ACT_REASON, "code": principal.purpose_of_use}]}],

@@ -13,12 +13,12 @@ import hmac
 import secrets
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.auth.keys import create_secret_file
 from app.config import Settings
 from app.fhir.values import now_utc
 from app.storage.repository import Repository, Stored
@@ -35,12 +35,8 @@ def load_key(settings: Settings) -> bytes:
         raise RuntimeError("RIX_AUDIT_KEY must be set in production (shared by every process)")
     path = settings.data_dir / KEY_FILE
     if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(secrets.token_hex(32))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-    return Path(path).read_text().strip().encode("utf-8")
+        create_secret_file(path, secrets.token_hex(32).encode("ascii"))
+    return path.read_text().strip().encode("utf-8")
 
 
 def link_mac(key: bytes, seq: int, previous: str, content: str) -> str:
@@ -62,19 +58,17 @@ class AuditTrail:
         session = repo.session
         head = self._lock_head(session)
         seq, previous = head["last_seq"], head["last_mac"]
-        stored_events = []
-        for event in events:
-            stored = repo.create(event)
+        stored_events = repo.create_many(events)  # one batched insert, in order
+        links = []
+        for stored in stored_events:
             seq += 1
             assert stored.content is not None
             mac = link_mac(self.key, seq, previous, stored.content)
-            session.execute(
-                insert(AUDIT_CHAIN).values(
-                    seq=seq, resource_pk=stored.pk, recorded=stored.last_updated, mac=mac
-                )
+            links.append(
+                {"seq": seq, "resource_pk": stored.pk, "recorded": stored.last_updated, "mac": mac}
             )
             previous = mac
-            stored_events.append(stored)
+        session.execute(insert(AUDIT_CHAIN), links)
         session.execute(
             update(AUDIT_HEAD).where(AUDIT_HEAD.c.id == 1).values(last_seq=seq, last_mac=previous)
         )

@@ -4,6 +4,8 @@ and the development issuer's own key pair, generated on first use under RIX_DATA
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -68,21 +70,32 @@ class KeySet:
         return {"keys": list(self._keys.values())}
 
 
+def create_secret_file(path: Path, content: bytes) -> None:
+    """Write a 0600 file unless it exists; when processes race, the first one wins and the
+    others' content is discarded (they read the winner's)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp.write_bytes(content)
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)  # atomic, and fails if another process created the file first
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
 def dev_private_key(data_dir: Path) -> rsa.RSAPrivateKey:
     """The development issuer's RSA key, created (mode 0600) on first use."""
     path = data_dir / DEV_KEY_FILE
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pem)
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        create_secret_file(path, pem)
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     assert isinstance(loaded, rsa.RSAPrivateKey)
     return loaded

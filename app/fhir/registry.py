@@ -79,12 +79,30 @@ class Registry:
         return list(self.types)
 
 
+# Audit records are immutable (IHE RESTful ATNA): no update, patch or delete, for anyone.
+IMMUTABLE = {"AuditEvent"}
+IMMUTABLE_INTERACTIONS = (
+    "read",
+    "vread",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
+
+
 def build_registry() -> Registry:
     """The registry of SERVED_TYPES with their R4 search parameters."""
     definitions = load_definitions()
     return Registry(
         {
-            name: ResourceDefinition(name, {p.code: p for p in params_for(name, definitions)})
+            name: ResourceDefinition(
+                name,
+                {p.code: p for p in params_for(name, definitions)},
+                IMMUTABLE_INTERACTIONS if name in IMMUTABLE else INTERACTIONS,
+                conditional_update=name not in IMMUTABLE,
+                conditional_delete=name not in IMMUTABLE,
+            )
             for name in SERVED_TYPES
         }
     )

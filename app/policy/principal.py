@@ -69,3 +69,13 @@ class Principal:
             scopes=scopes,
             token_id=claims.get("jti"),
         )
+
+
+# The server itself (CLI, demo loader, maintenance jobs): audited under this name.
+SYSTEM = Principal(
+    subject="rix-system",
+    name="RIX system",
+    role="admin",
+    scopes=("system/*.cruds",),
+    purpose_of_use="SYSADMIN",
+)

@@ -47,6 +47,8 @@ class Policy:
         if principal.role == "patient":
             if not principal.patient:
                 raise Forbidden("A patient token must name its patient")
+            if interaction in ("history-type", "history-system"):
+                raise Forbidden("Patients read their records by search, not by type history")
             if type_name != "Patient" and self.registry.get(type_name).param("patient") is None:
                 raise Forbidden(f"{type_name} is not available to patients")
 

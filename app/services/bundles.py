@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -18,6 +19,7 @@ from app.errors import FhirError, Invalid, Issue, PreconditionFailed
 from app.fhir import models
 from app.fhir.bundles import bundle, information, operation_outcome
 from app.fhir.values import format_instant
+from app.policy.principal import SYSTEM, Principal
 from app.services import rendering
 from app.services.resources import ResourceService
 from app.storage.repository import Stored, new_id
@@ -113,14 +115,23 @@ def _parse_entry(i: int, raw: Any, base: str, known_types: list[str]) -> Entry:
 class BundleProcessor:
     """Runs the entries of one batch or transaction Bundle."""
 
-    def __init__(self, rt: Runtime, base: str, return_pref: str) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        base: str,
+        return_pref: str,
+        principal: Principal = SYSTEM,
+        request_id: str | None = None,
+    ) -> None:
+        self.principal = principal
+        self.request_id = request_id
         self.rt = rt
         self.base = base
         self.return_pref = return_pref
 
     def process(self, body: Any) -> dict[str, Any]:
         """The batch-response or transaction-response for `body`."""
-        models.validate(body, "Bundle")
+        models.validate(_envelope(body), "Bundle")
         kind = body.get("type")
         if kind not in ("batch", "transaction"):
             raise Invalid(
@@ -129,16 +140,19 @@ class BundleProcessor:
             )
         raw_entries = body.get("entry") or []
         known = self.rt.registry.names()
+        for i, raw in enumerate(raw_entries):  # bdl-3: an entry without request voids the Bundle
+            if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
+                _parse_entry(i, raw, self.base, known)  # raises the located 400
         if kind == "transaction":
             entries = [_parse_entry(i, e, self.base, known) for i, e in enumerate(raw_entries)]
-            with self.rt.resources(self.base, write=True) as svc:
+            with self._unit(write=True) as svc:
                 results = self._transaction(svc, entries)
             return bundle("transaction-response", [results[e.index] for e in entries])
         out = []
         for i, raw in enumerate(raw_entries):
             try:
                 entry = _parse_entry(i, raw, self.base, known)
-                with self.rt.resources(self.base, write=entry.method != "GET") as svc:
+                with self._unit(write=entry.method != "GET") as svc:
                     out.append(self._run(svc, entry))
             except FhirError as exc:
                 out.append(
@@ -150,6 +164,11 @@ class BundleProcessor:
                     }
                 )
         return bundle("batch-response", out)
+
+    def _unit(self, *, write: bool) -> AbstractContextManager[ResourceService]:
+        return self.rt.resources(
+            self.base, write=write, principal=self.principal, request_id=self.request_id
+        )
 
     # -- transaction --------------------------------------------------------------------------
 
@@ -322,6 +341,21 @@ def _ok(resource: dict[str, Any]) -> dict[str, Any]:
     return {"resource": resource, "response": {"status": "200 OK"}}
 
 
+def _envelope(body: Any) -> Any:
+    """The Bundle without its entries' resources: each is validated when its entry runs, so an
+    invalid resource fails only its own entry in a batch (and is located in a transaction)."""
+    entries = body.get("entry") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        return body
+    return {
+        **body,
+        "entry": [
+            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+            for e in entries
+        ],
+    }
+
+
 def _patch_document(entry: Entry) -> Any:
     """A PATCH entry carries its JSON Patch as a Binary (FHIR R4 http.html#patch)."""
     resource = entry.resource
@@ -353,6 +387,14 @@ def _at(exc: FhirError, entry: Entry) -> FhirError:
     return exc
 
 
-def process_bundle(rt: Runtime, base: str, body: Any, *, return_pref: str) -> dict[str, Any]:
+def process_bundle(
+    rt: Runtime,
+    base: str,
+    body: Any,
+    *,
+    return_pref: str,
+    principal: Principal = SYSTEM,
+    request_id: str | None = None,
+) -> dict[str, Any]:
     """POST [base]: run a batch or transaction Bundle."""
-    return BundleProcessor(rt, base, return_pref).process(body)
+    return BundleProcessor(rt, base, return_pref, principal, request_id).process(body)

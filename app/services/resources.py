@@ -4,16 +4,31 @@ their conditional forms, search and history (FHIR R4 http.html), over the reposi
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import jsonpatch
 
-from app.errors import Gone, Invalid, Issue, NotFound, PreconditionFailed, Unprocessable
+from app.audit.recorder import AuditRecorder
+from app.audit.trail import AuditTrail
+from app.errors import (
+    Forbidden,
+    Gone,
+    Invalid,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
 from app.fhir import models
 from app.fhir.registry import Registry
 from app.fhir.search import SearchParser, SearchQuery, parse_int
 from app.fhir.values import parse_search_date
+from app.policy.principal import Principal
+from app.policy.seam import Policy
 from app.storage.repository import Repository, Stored
 
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -58,36 +73,100 @@ class HistoryResult:
     offset: int
 
 
-class ResourceService:
-    """The FHIR REST interactions of every registered type, within one unit of work."""
+@dataclass
+class Access:
+    """Who asks, the policy that decides, and the request's audit recorder."""
 
-    def __init__(self, repo: Repository, registry: Registry, parser: SearchParser) -> None:
+    principal: Principal
+    policy: Policy
+    audit: AuditRecorder
+    trail: AuditTrail
+
+
+class ResourceService:
+    """The FHIR REST interactions of every registered type, within one unit of work.
+
+    Every interaction passes the policy seam: `start` before anything is read, `narrow` on
+    searches, `can_see` on every item that leaves, `check_write` on every write; and notes
+    what it touched for the audit trail. A hidden item is reported exactly like a missing one.
+    """
+
+    def __init__(
+        self, repo: Repository, registry: Registry, parser: SearchParser, access: Access
+    ) -> None:
         self.repo = repo
         self.registry = registry
         self.parser = parser
+        self.access = access
+        self.principal = access.principal
+        self.policy = access.policy
+        self.audit = access.audit
+
+    def _start(self, interaction: str, type_name: str) -> None:
+        if type_name != "*":  # "*": a system-level interaction (history-system), no one type
+            definition = self.registry.get(type_name)
+            base = "history-instance" if interaction == "vread" else interaction
+            if base not in definition.interactions and interaction != "vread":
+                raise MethodNotAllowed(f"{type_name} does not support {interaction}")
+        self.policy.start(self.principal, interaction, type_name)
+
+    def _visible(self, stored: Stored) -> bool:
+        """can_see for a stored version; a tombstone is judged by its last content."""
+        content = stored.content
+        if content is None and stored.version > 1:
+            previous = self.repo.version(stored.type, stored.id, stored.version - 1)
+            content = previous.content if previous else None
+        if content is None:
+            return self.policy.can_see(self.principal, stored.type, stored.id, {})
+        return self.policy.can_see(self.principal, stored.type, stored.id, json.loads(content))
+
+    def _patients(self, stored: Stored) -> set[str]:
+        if stored.content is None:
+            return set()
+        return self.policy.patients_of(stored.type, stored.id, stored.resource)
+
+    def _patient_lookup(self, patient_id: str) -> dict[str, Any] | None:
+        stored = self.repo.current("Patient", patient_id)
+        return stored.resource if stored and not stored.deleted else None
+
+    def _check_write(
+        self, type_name: str, resource_id: str | None, resource: dict[str, Any]
+    ) -> None:
+        self.policy.check_write(
+            self.principal, type_name, resource_id, resource, self._patient_lookup
+        )
 
     # -- reads --------------------------------------------------------------------------------
 
     def read(self, type_name: str, resource_id: str) -> Stored:
-        """FHIR read: the current version; 404 if unknown, 410 if deleted."""
-        self.registry.get(type_name)
+        """FHIR read: the current version; 404 if unknown or hidden, 410 if deleted."""
+        self._start("read", type_name)
+        touch = self.audit.touch("read", type_name, items=[f"{type_name}/{resource_id}"])
+        return self._current_visible(type_name, resource_id, touch.patients)
+
+    def _current_visible(self, type_name: str, resource_id: str, patients: set[str]) -> Stored:
         stored = self.repo.current(type_name, resource_id)
-        if stored is None:
+        if stored is None or not self._visible(stored):
             raise NotFound(f"{type_name}/{resource_id} is not known")
         if stored.deleted:
             raise Gone(f"{type_name}/{resource_id} has been deleted")
+        patients |= self._patients(stored)
         return stored
 
     def vread(self, type_name: str, resource_id: str, version: str) -> Stored:
         """FHIR vread: one version; 410 for the version that records a deletion."""
-        self.registry.get(type_name)
-        if not version.isdigit():
-            raise NotFound(f"{type_name}/{resource_id} has no version '{version}'")
+        self._start("vread", type_name)
+        ref = f"{type_name}/{resource_id}/_history/{version}"
+        touch = self.audit.touch("vread", type_name, items=[ref])
+        current = self.repo.current(type_name, resource_id)
+        if current is None or not self._visible(current) or not version.isdigit():
+            raise NotFound(f"{type_name}/{resource_id} has no version {version}")
         stored = self.repo.version(type_name, resource_id, int(version))
-        if stored is None:
+        if stored is None or not self._visible(stored):
             raise NotFound(f"{type_name}/{resource_id} has no version {version}")
         if stored.deleted:
             raise Gone(f"Version {version} of {type_name}/{resource_id} is a deletion")
+        touch.patients |= self._patients(stored)
         return stored
 
     # -- writes -------------------------------------------------------------------------------
@@ -120,35 +199,62 @@ class ResourceService:
 
         `assigned_id` is the id a transaction reserved for this entry's fullUrl.
         """
+        self._start("create", type_name)
+        touch = self.audit.touch("create", type_name)
         resource = self._validated(type_name, body)
         if if_none_exist:
             found = self._conditional_matches(type_name, if_none_exist)
             if len(found) == 1:
+                touch.items.append(f"{type_name}/{found[0].id}")
                 return Written(200, found[0])
         resource.pop("id", None)
-        return Written(201, self.repo.create(resource, assigned_id))
+        self._check_write(type_name, None, resource)
+        if type_name == "AuditEvent":  # ITI-20: stored as received, chained, never edited
+            stored = self.access.trail.append(self.repo, [resource])[0]
+        else:
+            stored = self.repo.create(resource, assigned_id)
+        touch.items.append(f"{type_name}/{stored.id}/_history/{stored.version}")
+        touch.patients |= self._patients(stored)
+        return Written(201, stored)
 
     def update(
         self, type_name: str, resource_id: str, body: Any, if_match: int | None = None
     ) -> Written:
         """FHIR update; creates the resource with the client's id when it does not exist."""
+        self._start("update", type_name)
+        touch = self.audit.touch("update", type_name, items=[f"{type_name}/{resource_id}"])
         check_id(resource_id)
         resource = self._validated(type_name, body, resource_id)
+        self._check_write(type_name, resource_id, resource)
         current = self.repo.current(type_name, resource_id)
+        if current is not None and not self._visible(current):
+            raise Forbidden(f"{type_name}/{resource_id} cannot be written by this caller")
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(f"{type_name}/{resource_id} does not exist (If-Match)")
-            return Written(201, self.repo.create(resource, resource_id))
+            return self._wrote(touch, Written(201, self.repo.create(resource, resource_id)))
         self._check_version(current, if_match)
+        if current.content is not None:
+            self._check_write(type_name, resource_id, current.resource)
         if _unchanged(current, resource):
-            return Written(200, current)
-        return Written(201 if current.deleted else 200, self.repo.update(current, resource))
+            return self._wrote(touch, Written(200, current))
+        status = 201 if current.deleted else 200
+        return self._wrote(touch, Written(status, self.repo.update(current, resource)))
+
+    def _wrote(self, touch: Any, written: Written) -> Written:
+        stored = written.stored
+        touch.items[:] = [f"{stored.type}/{stored.id}/_history/{stored.version}"]
+        touch.patients |= self._patients(stored)
+        return written
 
     def conditional_update(
         self, type_name: str, criteria: list[tuple[str, str]], body: Any, if_match: int | None
     ) -> Written:
         """FHIR conditional update: PUT [type]?criteria."""
+        self._start("update", type_name)
+        touch = self.audit.touch("update", type_name)
         resource = self._validated(type_name, body)
+        self._check_write(type_name, resource.get("id"), resource)
         found = self._conditional_matches(type_name, criteria)
         if not found:
             if "id" in resource:
@@ -157,8 +263,8 @@ class ResourceService:
                     raise PreconditionFailed(
                         f"No {type_name} matches the criteria but the id in the body is taken"
                     )
-                return Written(201, self.repo.create(resource, resource["id"]))
-            return Written(201, self.repo.create(resource))
+                return self._wrote(touch, Written(201, self.repo.create(resource, resource["id"])))
+            return self._wrote(touch, Written(201, self.repo.create(resource)))
         current = found[0]
         if resource.get("id", current.id) != current.id:
             raise Invalid(
@@ -167,27 +273,33 @@ class ResourceService:
             )
         self._check_version(current, if_match)
         current = self.repo.current(type_name, current.id) or current
+        self._check_write(type_name, current.id, current.resource)
         if _unchanged(current, resource):
-            return Written(200, current)
-        return Written(200, self.repo.update(current, resource))
+            return self._wrote(touch, Written(200, current))
+        return self._wrote(touch, Written(200, self.repo.update(current, resource)))
 
     def patch(
         self, type_name: str, resource_id: str, operations: Any, if_match: int | None = None
     ) -> Written:
         """FHIR patch with a JSON Patch (RFC 6902) document."""
-        current = self.read(type_name, resource_id)
+        self._start("patch", type_name)
+        touch = self.audit.touch("patch", type_name, items=[f"{type_name}/{resource_id}"])
+        current = self._current_visible(type_name, resource_id, touch.patients)
         self._check_version(current, if_match)
-        return Written(200, self._apply_patch(current, operations))
+        return self._wrote(touch, Written(200, self._apply_patch(current, operations)))
 
     def conditional_patch(
         self, type_name: str, criteria: list[tuple[str, str]], operations: Any, if_match: int | None
     ) -> Written:
         """FHIR conditional patch: PATCH [type]?criteria."""
+        self._start("patch", type_name)
+        touch = self.audit.touch("patch", type_name)
         found = self._conditional_matches(type_name, criteria)
         if not found:
             raise NotFound(f"No {type_name} matches the criteria")
         self._check_version(found[0], if_match)
-        return Written(200, self._apply_patch(self.read(type_name, found[0].id), operations))
+        current = self._current_visible(type_name, found[0].id, touch.patients)
+        return self._wrote(touch, Written(200, self._apply_patch(current, operations)))
 
     def _apply_patch(self, current: Stored, operations: Any) -> Stored:
         if not isinstance(operations, list):
@@ -201,28 +313,38 @@ class ResourceService:
         if patched.get("id") != current.id or patched.get("resourceType") != current.type:
             raise Unprocessable("A patch may not change the resource's id or type")
         resource = self._validated(current.type, patched, current.id)
+        self._check_write(current.type, current.id, current.resource)
+        self._check_write(current.type, current.id, resource)
         return self.repo.update(current, resource)
 
     def delete(
         self, type_name: str, resource_id: str, if_match: int | None = None
     ) -> Stored | None:
         """FHIR delete: a tombstone; deleting a deleted resource is a no-op (None)."""
-        self.registry.get(type_name)
+        self._start("delete", type_name)
+        touch = self.audit.touch("delete", type_name, items=[f"{type_name}/{resource_id}"])
         current = self.repo.current(type_name, resource_id)
-        if current is None:
+        if current is None or not self._visible(current):
             raise NotFound(f"{type_name}/{resource_id} is not known")
         if current.deleted:
             return None
         self._check_version(current, if_match)
+        touch.patients |= self._patients(current)
+        self._check_write(type_name, resource_id, current.resource)
         return self.repo.delete(current)
 
     def conditional_delete(self, type_name: str, criteria: list[tuple[str, str]]) -> Stored | None:
         """FHIR conditional delete (single): none matches -> no-op; several -> 412."""
+        self._start("delete", type_name)
+        touch = self.audit.touch("delete", type_name)
         found = self._conditional_matches(type_name, criteria)
         if not found:
             return None
         current = self.repo.current(type_name, found[0].id)
         assert current is not None
+        touch.items.append(f"{type_name}/{current.id}")
+        touch.patients |= self._patients(current)
+        self._check_write(type_name, current.id, current.resource)
         return self.repo.delete(current)
 
     def _conditional_matches(self, type_name: str, criteria: list[tuple[str, str]]) -> list[Stored]:
@@ -231,7 +353,8 @@ class ResourceService:
         query = self.parser.parse(type_name, criteria)
         if not query.criteria:
             raise Invalid("A conditional interaction needs at least one search criterion")
-        found = self.repo.count_matches(query, limit=2)
+        self.policy.narrow(self.principal, query)
+        found = [s for s in self.repo.count_matches(query, limit=2) if self._visible(s)]
         if len(found) > 1:
             raise PreconditionFailed(
                 f"The criteria match more than one {type_name}; make them more selective"
@@ -251,12 +374,25 @@ class ResourceService:
     def search(
         self, type_name: str, pairs: list[tuple[str, str]], *, lenient: bool = False
     ) -> SearchResult:
-        """FHIR search of one type, with _include/_revinclude resolved."""
+        """FHIR search of one type, with _include/_revinclude resolved.
+
+        Items the caller may not see never leave; when any was dropped after the database
+        counted, the total is withheld rather than reveal that hidden items exist.
+        """
+        self._start("search-type", type_name)
+        touch = self.audit.touch("search-type", type_name, query=f"{type_name}?{urlencode(pairs)}")
         query = self.parser.parse(type_name, pairs, lenient=lenient)
+        self.policy.narrow(self.principal, query)
         if query.snapshot is None:
             query.snapshot = self.repo.max_pk()
-        matches, total = self.repo.search(query)
-        included = self._included(query, matches)
+        found, total = self.repo.search(query)
+        matches = [s for s in found if self._visible(s)]
+        included = [s for s in self._included(query, matches) if self._visible(s)]
+        if len(matches) != len(found):
+            total = None
+        for stored in (*matches, *included):
+            touch.items.append(f"{stored.type}/{stored.id}/_history/{stored.version}")
+            touch.patients |= self._patients(stored)
         return SearchResult(query, matches, total, included)
 
     def _included(self, query: SearchQuery, matches: list[Stored]) -> list[Stored]:
@@ -288,11 +424,21 @@ class ResourceService:
         resource_id: str | None,
         pairs: list[tuple[str, str]],
     ) -> HistoryResult:
-        """FHIR history (instance, type or system), newest first, paged on a snapshot."""
-        if type_name:
-            self.registry.get(type_name)
-        if resource_id and type_name and self.repo.current(type_name, resource_id) is None:
-            raise NotFound(f"{type_name}/{resource_id} is not known")
+        """FHIR history (instance, type or system), newest first, paged on a snapshot.
+
+        System history lists the clinical and directory data; AuditEvents have their own
+        (ITI-81 search and AuditEvent/_history).
+        """
+        interaction = (
+            "history-instance" if resource_id else "history-type" if type_name else "history-system"
+        )
+        self._start(interaction, type_name or "*")
+        touch = self.audit.touch(interaction, type_name, query=urlencode(pairs))
+        if resource_id and type_name:
+            current = self.repo.current(type_name, resource_id)
+            if current is None or not self._visible(current):
+                raise NotFound(f"{type_name}/{resource_id} is not known")
+            touch.items.append(f"{type_name}/{resource_id}")
         count, offset, snapshot, since = self.parser.default_count, 0, None, None
         for key, value in pairs:
             if key == "_count":
@@ -315,6 +461,12 @@ class ResourceService:
             count=count,
             offset=offset,
         )
+        if not resource_id:
+            visible = [e for e in entries if self._visible(e)]
+            if len(visible) != len(entries):
+                raise Forbidden("This history contains items you may not see; search instead")
+        for entry in entries:
+            touch.patients |= self._patients(entry)
         return HistoryResult(entries, total, snap, count, offset)
 
 

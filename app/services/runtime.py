@@ -5,18 +5,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit.balp import MINOR, Touch, audit_event
+from app.audit.recorder import AuditRecorder
 from app.audit.trail import AuditTrail, load_key
 from app.auth.keys import KeySet, dev_jwks
 from app.auth.tokens import TokenVerifier
 from app.config import Settings
+from app.errors import FhirError
 from app.fhir.registry import Registry, build_registry
 from app.fhir.search import SearchParser
-from app.services.resources import ResourceService
+from app.policy.principal import SYSTEM, Principal
+from app.policy.seam import Policy
+from app.services.resources import Access, ResourceService
 from app.storage.db import make_engine, session_factory, transaction
 from app.storage.repository import Repository
 
@@ -32,6 +37,7 @@ class Runtime:
     parser: SearchParser
     verifier: TokenVerifier
     trail: AuditTrail
+    policy: Policy
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -54,15 +60,42 @@ class Runtime:
             parser,
             TokenVerifier(settings, trusted_keys(settings)),
             AuditTrail(load_key(settings)),
+            Policy(registry, parser),
         )
 
     @contextmanager
-    def resources(self, base_url: str | None, *, write: bool = False) -> Iterator[ResourceService]:
-        """A ResourceService inside one database transaction (committed when the block ends)."""
-        with transaction(self.sessions, write=write) as session:
-            yield ResourceService(
-                Repository(session, self.registry, base_url), self.registry, self.parser
-            )
+    def resources(
+        self,
+        base_url: str | None,
+        *,
+        write: bool = False,
+        principal: Principal = SYSTEM,
+        request_id: str | None = None,
+    ) -> Iterator[ResourceService]:
+        """A ResourceService for `principal` inside one database transaction.
+
+        Audit (fail closed): a write's AuditEvents commit in the same transaction as the write;
+        a read's are committed before the caller gets the result; a failed or refused request
+        is recorded in a transaction of its own after the rollback.
+        """
+        recorder = AuditRecorder(principal, request_id, enabled=self.settings.audit)
+        try:
+            with transaction(self.sessions, write=write) as session:
+                repo = Repository(session, self.registry, base_url)
+                access = Access(principal, self.policy, recorder, self.trail)
+                yield ResourceService(repo, self.registry, self.parser, access)
+                if write:
+                    self.trail.append(repo, recorder.success_events())
+            if not write:
+                self._append(recorder.success_events())
+        except FhirError as exc:
+            self._append(recorder.failure_events(exc))
+            raise
+
+    def _append(self, events: list[dict[str, Any]]) -> None:
+        if events:
+            with transaction(self.sessions, write=True) as session:
+                self.trail.append(Repository(session, self.registry), events)
 
     def record_authentication_failure(
         self, request_id: str | None, claimed_subject: str | None, reason: str
