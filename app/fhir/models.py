@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import typing
+from collections.abc import Callable
+from decimal import Decimal
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -64,6 +67,48 @@ def _walk(node: Any, names: list[str], location: str) -> list[tuple[str, Any]]:
     return _walk(value, names[1:], here)
 
 
+# The models coerce "true", "yes", 1 or "5" into booleans and numbers; FHIR JSON does not.
+_JSON_PRIMITIVES: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("boolean (true or false)", lambda v: isinstance(v, bool)),
+    int: ("integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    Decimal: ("number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+}
+
+
+def _element_type(annotation: Any) -> Any:
+    """The element type inside Optional[...], List[...] and Annotated[...]."""
+    while typing.get_origin(annotation) is not None:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+@cache
+def _element_types(model: Any) -> dict[str, Any]:
+    return {f.alias or name: _element_type(f.annotation) for name, f in model.model_fields.items()}
+
+
+def _json_type_issues(node: dict[str, Any], model: Any, location: str) -> list[Issue]:
+    """Primitive values whose JSON type is wrong (a string for a boolean, integer or decimal)."""
+    kind = node.get("resourceType")
+    if isinstance(kind, str) and is_known_type(kind):  # the resource itself, or a contained one
+        model = get_fhir_model_class(kind)
+    types = _element_types(model)
+    issues: list[Issue] = []
+    for key, value in node.items():
+        element: Any = types.get(key)
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            here = f"{location}.{key}" if i is None else f"{location}.{key}[{i}]"
+            if element in _JSON_PRIMITIVES:
+                name, valid = _JSON_PRIMITIVES[element]
+                if item is not None and not valid(item):
+                    text = f"{here}: {item!r} is not a JSON {name}"
+                    issues.append(Issue("value", text, expression=[here]))
+            elif isinstance(item, dict) and hasattr(element, "get_model_klass"):
+                issues.extend(_json_type_issues(item, element.get_model_klass(), here))
+    return issues
+
+
 def is_known_type(type_name: str) -> bool:
     """True when FHIR R4 defines a resource type of that name."""
     try:
@@ -115,6 +160,8 @@ def validate(data: Any, expected_type: str | None = None) -> dict[str, Any]:
             )
     except (ValueError, TypeError) as exc:
         issues.append(Issue("invalid", f"{type_name}: {exc}", expression=[type_name]))
+    if not issues:
+        issues.extend(_json_type_issues(data, model, type_name))
     issues.extend(_binding_issues(data, type_name))
     if issues:
         raise Invalid(f"Invalid {type_name} resource: {issues[0].diagnostics}", issues=issues)

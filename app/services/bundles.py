@@ -237,6 +237,8 @@ class BundleProcessor:
             if key == "reference" and isinstance(value, str):
                 if value in mapping:
                     value = mapping[value]
+                elif value.startswith(("urn:uuid:", "urn:oid:")):
+                    raise Invalid(f"Reference '{value}' matches no fullUrl in this Bundle")
                 elif "?" in value and not value.startswith(("http:", "https:", "urn:")):
                     value = self._resolve_conditional(svc, value)
                 out[key] = value
