@@ -46,14 +46,14 @@ def history(
             entry["request"] = {"method": "DELETE", "url": f"{s.type}/{s.id}"}
             entry["response"] = {"status": "204 No Content", "etag": f'W/"{s.version}"'}
         else:
-            created = s.method == "POST"
+            posted = s.method == "POST"
             entry["resource"] = s.resource
             entry["request"] = {
-                "method": "POST" if created else "PUT",
-                "url": s.type if created else f"{s.type}/{s.id}",
+                "method": "POST" if posted else "PUT",
+                "url": s.type if posted else f"{s.type}/{s.id}",
             }
             entry["response"] = {
-                "status": "201 Created" if created else "200 OK",
+                "status": "201 Created" if s.version == 1 else "200 OK",
                 "etag": f'W/"{s.version}"',
                 "lastModified": s.resource["meta"]["lastUpdated"],
             }

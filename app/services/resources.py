@@ -232,7 +232,7 @@ class ResourceService:
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(f"{type_name}/{resource_id} does not exist (If-Match)")
-            return self._wrote(touch, Written(201, self.repo.create(resource, resource_id)))
+            return self._wrote(touch, Written(201, self.repo.create(resource, resource_id, "PUT")))
         self._check_version(current, if_match)
         if current.content is not None:
             self._check_write(type_name, resource_id, current.resource)
@@ -263,8 +263,10 @@ class ResourceService:
                     raise PreconditionFailed(
                         f"No {type_name} matches the criteria but the id in the body is taken"
                     )
-                return self._wrote(touch, Written(201, self.repo.create(resource, resource["id"])))
-            return self._wrote(touch, Written(201, self.repo.create(resource)))
+                return self._wrote(
+                    touch, Written(201, self.repo.create(resource, resource["id"], "PUT"))
+                )
+            return self._wrote(touch, Written(201, self.repo.create(resource, method="PUT")))
         current = found[0]
         if resource.get("id", current.id) != current.id:
             raise Invalid(

@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement as _Col
 from app.errors import Invalid
 from app.fhir.search import Criterion, SearchQuery, SortKey, Value, split_token, unescape
 from app.fhir.values import normalize, now_utc, number_range, parse_search_date
-from app.storage.indexer import split_local_reference
+from app.storage.indexer import clip, split_local_reference
 from app.storage.tables import INDEX_TABLES, RESOURCE
 
 REFERENCE = INDEX_TABLES["reference"]
@@ -151,6 +151,8 @@ class Compiler:
                 raise Invalid(f"':of-type' takes system|code|value, not '{v.raw}'")
             return and_(idx.c.system == f"{parts[0]}|{parts[1]}", idx.c.code == parts[2])
         system, code = split_token(v.raw)
+        code = clip("code", code)
+        system = clip("system", system) if system else system
         if system is None:
             return idx.c.code == code
         if system == "":
@@ -162,8 +164,8 @@ class Compiler:
     def _string(self, v: Value, idx: FromClause, c: Criterion) -> ColumnElement[bool]:
         text = unescape(v.raw)
         if c.modifier == "exact":
-            return idx.c.exact == text
-        normalized = normalize(text)
+            return idx.c.exact == clip("exact", text)
+        normalized = clip("value", normalize(text))
         if not normalized:
             raise Invalid(
                 f"'{text}' has nothing to search on for '{c.param.code}' (letters or digits "

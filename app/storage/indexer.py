@@ -11,10 +11,15 @@ from app.fhir.values import MAX_DATETIME, MIN_DATETIME, date_range, normalize
 
 Row = dict[str, Any]
 _MAX_TEXT = 1000
+# Narrower index columns (PostgreSQL enforces widths): longer values are clipped to fit.
+_WIDTHS = {"system": 512, "code": 512, "identifier_system": 512, "identifier_value": 512}
+_MAX_ID = 64
 
 
-def _clip(value: str | None) -> str | None:
-    return value[:_MAX_TEXT] if value is not None else None
+def clip(column: str, value: str) -> str:
+    """`value` cut to the width of its index column; search values are cut alike, so very
+    long values compare on their first characters (512 for codes, 1000 for text)."""
+    return value[: _WIDTHS.get(column, _MAX_TEXT)]
 
 
 def _tokens(nodes: Iterable[Any], code: str) -> Iterator[Row]:
@@ -115,7 +120,14 @@ def split_local_reference(reference: str) -> tuple[str | None, str | None]:
     parts = reference.split("/")
     if len(parts) == 4 and parts[2] == "_history":
         parts = parts[:2]
-    if len(parts) == 2 and parts[0][:1].isupper() and parts[0].isalnum() and parts[1]:
+    # A type or id longer than FHIR allows names no local resource: keep it as a URL.
+    if (
+        len(parts) == 2
+        and parts[0][:1].isupper()
+        and parts[0].isalnum()
+        and 0 < len(parts[1]) <= _MAX_ID
+        and len(parts[0]) <= _MAX_ID
+    ):
         return parts[0], parts[1]
     return None, None
 
@@ -153,9 +165,9 @@ def index_rows(definition: ResourceDefinition, resource: dict[str, Any]) -> dict
             continue
         seen: set[tuple[tuple[str, Any], ...]] = set()
         for row in _EXTRACTORS[param.type](nodes, param.code):
-            for key in ("system", "code", "text", "value", "exact", "url"):
-                if isinstance(row.get(key), str):
-                    row[key] = _clip(row[key])
+            for key, value in row.items():
+                if isinstance(value, str) and key != "param":
+                    row[key] = clip(key, value)
             identity = tuple(sorted(row.items()))
             if identity not in seen:
                 seen.add(identity)

@@ -17,6 +17,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from app.config import Settings
+from app.services.runtime import Runtime
+from app.storage.db import transaction
 from tests.server import RixServer, running_servers
 
 FHIR_JSON = "application/fhir+json"
@@ -255,3 +258,31 @@ def test_paging_links_from_a_work_on_b(clients: tuple[httpx.Client, httpx.Client
 
 def _next(bundle: dict[str, Any]) -> str | None:
     return next((x["url"] for x in bundle.get("link", []) if x["relation"] == "next"), None)
+
+
+def test_audit_chain_stays_one_chain_under_concurrent_processes(
+    clients: tuple[httpx.Client, httpx.Client],
+    servers: tuple[RixServer, RixServer],
+    pg_database: str,
+) -> None:
+    """Both processes append to one hash chain at once; `rix audit verify` finds it intact."""
+    a, b = clients
+    patient = _create(a, _patient("Chain"))
+    barrier = threading.Barrier(8)
+
+    def hammer(client: httpx.Client) -> int:
+        barrier.wait(timeout=30)
+        codes = [client.get(f"/Patient/{patient['id']}").status_code for _ in range(5)]
+        codes.append(client.get("/Patient", params={"family": "Chain"}).status_code)
+        return sum(c == 200 for c in codes)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ok = sum(pool.map(hammer, [a, b] * 4))
+    assert ok == 8 * 6
+    settings = Settings(env="test", database_url=pg_database, data_dir=servers[0].data_dir)
+    runtime = Runtime.build(settings)
+    with transaction(runtime.sessions) as session:
+        assert runtime.trail.verify(session) == []
+        count = session.execute(text("SELECT count(*) FROM audit_chain")).scalar_one()
+    runtime.engine.dispose()
+    assert count >= 8 * 6 + 1  # every read and search, plus the create
