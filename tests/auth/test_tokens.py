@@ -206,3 +206,26 @@ def test_dev_issuer_refused_in_production(tmp_path: Path) -> None:
     settings = Settings(env="production", data_dir=tmp_path)
     with pytest.raises(RuntimeError):
         issue_dev_token(settings, subject="x", name="x", role="admin")
+
+
+def test_dev_tokens_match_the_published_claims_schema(settings: Settings) -> None:
+    import jsonschema
+
+    schema_path = Path(__file__).resolve().parents[2] / "profiles" / "rix-access-token.schema.json"
+    schema = json.loads(schema_path.read_text("utf-8"))
+    for role in ("radiologist", "patient", "site-system"):
+        token = issue_dev_token(
+            settings, subject="s", name="n", role=role, organization_id="423", patient="p1"
+        )
+        jsonschema.validate(jwt.get_unverified_claims(token), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            {
+                "iss": "x",
+                "aud": "y",
+                "sub": "z",
+                "exp": 1,
+                "extensions": {"ihe_iua": {"subject_role": "root"}},
+            },
+            schema,
+        )
