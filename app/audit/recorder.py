@@ -12,6 +12,7 @@ from app.policy.principal import Principal
 # Directory data, not patient data: reading it is not audited (writing it is).
 UNAUDITED_READS = {"Organization", "Endpoint", "Practitioner", "PractitionerRole"}
 READS = {"read", "vread", "history-instance", "search-type", "history-type", "history-system"}
+WRITES = {"create", "update", "patch", "delete"}
 
 
 @dataclass
@@ -42,14 +43,32 @@ class AuditRecorder:
             return False  # an ITI-20 record is its own trace
         return not (touch.interaction in READS and touch.type in UNAUDITED_READS)
 
+    def _grouped(self) -> list[Touch]:
+        """Audited touches, the writes of one kind merged: a transaction Bundle creating 100
+        resources leaves one Create event naming all of them, not 100 events."""
+        out: list[Touch] = []
+        writes: dict[tuple[str, str | None], Touch] = {}
+        for t in self.touches:
+            if not self._audited(t):
+                continue
+            if t.interaction not in WRITES:
+                out.append(t)
+                continue
+            merged = writes.get((t.interaction, t.type))
+            if merged is None:
+                merged = writes[(t.interaction, t.type)] = Touch(t.interaction, t.type)
+                out.append(merged)
+            merged.items.extend(t.items)
+            merged.patients |= t.patients
+        return out
+
     def success_events(self) -> list[dict[str, Any]]:
         """The events of a request that succeeded."""
         if not self.enabled:
             return []
         return [
             audit_event(t, principal=self.principal, request_id=self.request_id)
-            for t in self.touches
-            if self._audited(t)
+            for t in self._grouped()
         ]
 
     def failure_events(self, error: FhirError | None) -> list[dict[str, Any]]:
@@ -60,7 +79,7 @@ class AuditRecorder:
         status = error.status if error else 500
         text = error.diagnostics if error else "internal error"
         outcome = SERIOUS if status >= 500 else MINOR
-        touches = self.touches or [Touch("operation", None)]
+        touches = self._grouped() or [Touch("operation", None)]
         return [
             audit_event(
                 Touch(t.interaction, t.type, t.items, t.patients, t.query),

@@ -344,3 +344,30 @@ def test_iti81_search_parameters(client: TestClient, token: Token) -> None:
     assert not _audit(client, token, date="lt2000-01-01", **mine)
     assert _audit(client, token, type="http://terminology.hl7.org/CodeSystem/audit-event-type|rest")
     assert _audit(client, token, **{"agent-name": "test clin"})
+
+
+def test_a_transaction_leaves_one_event_per_kind_of_write(client: TestClient, token: Token) -> None:
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:00000000-0000-4000-8000-00000000000{i}",
+            "resource": _patient("423", f"R-tx-{i}"),
+            "request": {"method": "POST", "url": "Patient"},
+        }
+        for i in range(5)
+    ]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    headers = {**token("site-system", org="423", sub="ris-423"), "X-Request-Id": "tx-1"}
+    assert client.post("/fhir", json=bundle, headers=headers).status_code == 200
+    events = [
+        e
+        for e in _audit(client, token, **{"agent:identifier": f"{SUBJECT}|ris-423"})
+        if e.get("subtype", [{}])[0].get("code") == "create"
+    ]
+    assert len(events) == 1
+    created = [
+        x["what"]["reference"] for x in events[0]["entity"] if x.get("role", {}).get("code") == "4"
+    ]
+    patients = [
+        x["what"]["reference"] for x in events[0]["entity"] if x.get("role", {}).get("code") == "1"
+    ]
+    assert len(created) == 5 and len(patients) == 5
