@@ -151,11 +151,15 @@ def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
 
 def _maintenance(settings: Settings, _args: argparse.Namespace) -> int:
     from app.storage.db import transaction
+    from app.storage.repository import Repository
 
     rt = _runtime(settings)
     with transaction(rt.sessions, write=True) as session:
+        indexed = rt.trail.catch_up(Repository(session, rt.registry))
+    with transaction(rt.sessions, write=True) as session:
         purged = rt.trail.purge(session, settings.audit_retention_days)
     rt.engine.dispose()
+    print(f"indexed {indexed} new AuditEvents for search")
     print(f"purged {purged} AuditEvents older than {settings.audit_retention_days} days")
     return 0
 
@@ -195,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", default=None, help="file (default: standard output)")
     export.set_defaults(func=_audit_export)
     sub.add_parser(
-        "maintenance", help="purge audit records past RIX_AUDIT_RETENTION_DAYS"
+        "maintenance", help="index new audit records for search; purge those past retention"
     ).set_defaults(func=_maintenance)
     openapi = sub.add_parser("openapi", help="write the OpenAPI description")
     openapi.add_argument("--output", default=str(OPENAPI_PATH))

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     audit: bool = Field(
         default=True, description="Write BALP AuditEvents (off refused in production)"
     )
+    audit_sync_reads: bool = Field(
+        default=False,
+        description="Wait for the disk when committing a read's audit record (PostgreSQL)",
+    )
     audit_retention_days: int = Field(default=730, ge=1)
     audit_key: str | None = Field(
         default=None, description="MAC key of the audit hash chain (required in production)"

@@ -1,4 +1,4 @@
-"""audit trail: hash-chain links and the chain head
+"""audit trail: hash-chain links, the chain head, the search-index watermark
 
 Revision ID: 0002
 Revises: 0001
@@ -37,6 +37,13 @@ def upgrade() -> None:
         sa.Column("anchor_mac", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_table(
+        "audit_index",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("indexed_seq", BIGINT, nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.execute("INSERT INTO audit_index (id, indexed_seq) VALUES (1, 0)")
     # The head row exists from the start, so concurrent first appends lock the same row.
     op.execute(
         "INSERT INTO audit_head (id, last_seq, last_mac, anchor_seq, anchor_mac) "
@@ -45,6 +52,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("audit_index")
     op.drop_table("audit_head")
     op.drop_index("ix_audit_chain_resource_pk", table_name="audit_chain")
     op.drop_table("audit_chain")

@@ -21,8 +21,15 @@ from sqlalchemy.orm import Session
 from app.auth.keys import create_secret_file
 from app.config import Settings
 from app.fhir.values import now_utc
-from app.storage.repository import Repository, Stored
-from app.storage.tables import AUDIT_CHAIN, AUDIT_HEAD, INDEX_TABLES, RESOURCE, VERSION
+from app.storage.repository import Repository, Stored, new_id
+from app.storage.tables import (
+    AUDIT_CHAIN,
+    AUDIT_HEAD,
+    AUDIT_INDEX,
+    INDEX_TABLES,
+    RESOURCE,
+    VERSION,
+)
 
 KEY_FILE = "audit-chain.key"
 
@@ -52,27 +59,87 @@ class AuditTrail:
         self.key = key
 
     def append(self, repo: Repository, events: list[dict[str, Any]]) -> list[Stored]:
-        """Store `events` in the caller's transaction: a write and its record commit together."""
+        """Store `events` in the caller's transaction: a write and its record commit together.
+
+        Four statements whatever the number of events: lock the head, insert the records,
+        insert their links, move the head. Search-index rows come later (`catch_up`).
+        """
         if not events:
             return []
         session = repo.session
         head = self._lock_head(session)
         seq, previous = head["last_seq"], head["last_mac"]
-        stored_events = repo.create_many(events)  # one batched insert, in order
-        links = []
-        for stored in stored_events:
+        now = now_utc()
+        rows: list[dict[str, Any]] = []
+        links: list[dict[str, Any]] = []
+        for event in events:
+            resource_id = new_id()
+            content = Repository.stamp(event, resource_id, 1, now)
             seq += 1
-            assert stored.content is not None
-            mac = link_mac(self.key, seq, previous, stored.content)
-            links.append(
-                {"seq": seq, "resource_pk": stored.pk, "recorded": stored.last_updated, "mac": mac}
-            )
+            mac = link_mac(self.key, seq, previous, content)
             previous = mac
-        session.execute(insert(AUDIT_CHAIN), links)
+            rows.append(
+                {
+                    "resource_type": "AuditEvent",
+                    "resource_id": resource_id,
+                    "version_id": 1,
+                    "last_updated": now,
+                    "deleted": False,
+                    "content": content,
+                }
+            )
+            links.append({"seq": seq, "recorded": now, "mac": mac})
+        pks = (
+            session.execute(
+                insert(RESOURCE).returning(RESOURCE.c.pk, sort_by_parameter_order=True), rows
+            )
+            .scalars()
+            .all()
+        )
+        session.execute(
+            insert(AUDIT_CHAIN),
+            [{**link, "resource_pk": pk} for link, pk in zip(links, pks, strict=True)],
+        )
         session.execute(
             update(AUDIT_HEAD).where(AUDIT_HEAD.c.id == 1).values(last_seq=seq, last_mac=previous)
         )
-        return stored_events
+        return [
+            Stored(pk, "AuditEvent", str(row["resource_id"]), 1, now, False, str(row["content"]))
+            for pk, row in zip(pks, rows, strict=True)
+        ]
+
+    def catch_up(self, repo: Repository) -> int:
+        """Index the records appended since the last catch-up; returns how many.
+
+        Appends commit in chain order (they hold the head lock until commit), so every link up
+        to the committed head is there to index.
+        """
+        session = repo.session
+        query = select(AUDIT_INDEX.c.indexed_seq).where(AUDIT_INDEX.c.id == 1)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        done = session.execute(query).scalar_one_or_none()
+        if done is None:
+            session.execute(insert(AUDIT_INDEX).values(id=1, indexed_seq=0))
+            done = 0
+        head = session.execute(select(AUDIT_HEAD.c.last_seq).where(AUDIT_HEAD.c.id == 1))
+        last = head.scalar_one_or_none() or 0
+        if last <= done:
+            return 0
+        rows = session.execute(
+            select(AUDIT_CHAIN.c.seq, RESOURCE)
+            .select_from(AUDIT_CHAIN.join(RESOURCE, RESOURCE.c.pk == AUDIT_CHAIN.c.resource_pk))
+            .where(AUDIT_CHAIN.c.seq > done, AUDIT_CHAIN.c.seq <= last)
+            .order_by(AUDIT_CHAIN.c.seq)
+        ).all()
+        for row in rows:
+            repo.index(
+                Stored(
+                    row.pk, "AuditEvent", row.resource_id, 1, row.last_updated, False, row.content
+                )
+            )
+        session.execute(update(AUDIT_INDEX).where(AUDIT_INDEX.c.id == 1).values(indexed_seq=last))
+        return len(rows)
 
     @staticmethod
     def _lock_head(session: Session) -> dict[str, Any]:

@@ -47,8 +47,10 @@ def capability_statement(registry: Registry, base_url: str, settings: Settings) 
                 "type": name,
                 "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
                 "interaction": [{"code": i} for i in definition.interactions],
-                "versioning": "versioned-update",
-                "readHistory": True,
+                "versioning": "versioned-update"
+                if "update" in definition.interactions
+                else "versioned",
+                "readHistory": "vread" in definition.interactions,
                 "updateCreate": "update" in definition.interactions,
                 "conditionalCreate": definition.conditional_create,
                 "conditionalRead": "not-match",

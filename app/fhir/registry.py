@@ -81,14 +81,8 @@ class Registry:
 
 # Audit records are immutable (IHE RESTful ATNA): no update, patch or delete, for anyone.
 IMMUTABLE = {"AuditEvent"}
-IMMUTABLE_INTERACTIONS = (
-    "read",
-    "vread",
-    "history-instance",
-    "history-type",
-    "create",
-    "search-type",
-)
+# They have one version each, so no history or vread either: ITI-81 search is the way in.
+IMMUTABLE_INTERACTIONS = ("read", "create", "search-type")
 
 
 def build_registry() -> Registry:

@@ -385,6 +385,8 @@ class ResourceService:
         touch = self.audit.touch("search-type", type_name, query=f"{type_name}?{urlencode(pairs)}")
         query = self.parser.parse(type_name, pairs, lenient=lenient)
         self.policy.narrow(self.principal, query)
+        if type_name == "AuditEvent":  # records are indexed after the fact: catch up first
+            self.access.trail.catch_up(self.repo)
         if query.snapshot is None:
             query.snapshot = self.repo.max_pk()
         found, total = self.repo.search(query)

@@ -22,7 +22,7 @@ from app.fhir.search import SearchParser
 from app.policy.principal import SYSTEM, Principal
 from app.policy.seam import Policy
 from app.services.resources import Access, ResourceService
-from app.storage.db import make_engine, session_factory, transaction
+from app.storage.db import make_engine, relax_commit, session_factory, transaction
 from app.storage.repository import Repository
 
 
@@ -74,20 +74,20 @@ class Runtime:
     ) -> Iterator[ResourceService]:
         """A ResourceService for `principal` inside one database transaction.
 
-        Audit (fail closed): a write's AuditEvents commit in the same transaction as the write;
-        a read's are committed before the caller gets the result; a failed or refused request
-        is recorded in a transaction of its own after the rollback.
+        Audit (fail closed): the AuditEvents of a request commit in the same transaction as
+        what it did, before the caller gets any result; a failed or refused request is recorded
+        in a transaction of its own after the rollback.
         """
         recorder = AuditRecorder(principal, request_id, enabled=self.settings.audit)
         try:
-            with transaction(self.sessions, write=write) as session:
+            # With audit on, every unit writes (its own record), so it starts as a writer.
+            with transaction(self.sessions, write=write or self.settings.audit) as session:
+                if not write and not self.settings.audit_sync_reads:
+                    relax_commit(session)
                 repo = Repository(session, self.registry, base_url)
                 access = Access(principal, self.policy, recorder, self.trail)
                 yield ResourceService(repo, self.registry, self.parser, access)
-                if write:
-                    self.trail.append(repo, recorder.success_events())
-            if not write:
-                self._append(recorder.success_events())
+                self.trail.append(repo, recorder.success_events())
         except FhirError as exc:
             self._append(recorder.failure_events(exc))
             raise

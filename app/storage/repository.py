@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, false, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Insert,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    event,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -51,27 +67,85 @@ def _dumps(resource: dict[str, Any]) -> str:
     return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
 
 
+# The statements run once per resource are built once: SQLAlchemy then skips rebuilding and
+# re-keying them on every call (about half the Python time of a single-row insert).
+_INSERT_IF_ABSENT: dict[str, Insert] = {
+    # `INSERT ... ON CONFLICT DO NOTHING RETURNING pk`: a taken (type, id) inserts no row.
+    "postgresql": postgresql.insert(RESOURCE).on_conflict_do_nothing().returning(RESOURCE.c.pk),
+    "sqlite": sqlite.insert(RESOURCE).on_conflict_do_nothing().returning(RESOURCE.c.pk),
+}
+_CURRENT = select(RESOURCE).where(
+    RESOURCE.c.resource_type == bindparam("type_name"),
+    RESOURCE.c.resource_id == bindparam("resource_id"),
+)
+
+
+# Columns bound by the batched inserts (executemany needs every row to bind the same ones).
+_COLUMNS: dict[str, list[str]] = {
+    table.name: [c.name for c in table.columns if c.name not in ("id", "seq")]
+    for table in (VERSION, *INDEX_TABLES.values())
+}
+
+
 class Repository:
-    """Reads and writes resources, their history and their index rows within one session."""
+    """Reads and writes resources, their history and their index rows within one session.
+
+    The `resource` row of a write is inserted or updated at once (its pk and the optimistic
+    lock need it); its history row and search-index rows are queued and inserted in batches:
+    before this repository reads or deletes rows of those tables and when the session commits,
+    so what a transaction reads (and what it commits) is exactly what it wrote. The resource
+    rows it wrote are remembered: no other transaction can change them before this one ends,
+    so `current` answers them without asking the database again.
+    """
 
     def __init__(self, session: Session, registry: Registry, base_url: str | None = None) -> None:
         self.session = session
         self.registry = registry
         self.compiler = Compiler(base_url)
+        self._pending: dict[Table, list[dict[str, Any]]] = {}
+        self._written: dict[tuple[str, str], Stored] = {}
+        event.listen(session, "before_commit", self._before_commit)
+
+    def flush(self) -> None:
+        """Insert the queued history and index rows: one COPY per table on PostgreSQL (a tenth
+        of the client CPU of an executemany), one executemany elsewhere."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        connection = self.session.connection()
+        if connection.dialect.name != "postgresql":
+            for table, rows in pending.items():
+                connection.execute(insert(table), rows)
+            return
+        raw: Any = connection.connection.dbapi_connection  # psycopg, in this transaction
+        with raw.cursor() as cursor:
+            for table, rows in pending.items():
+                columns = _COLUMNS[table.name]
+                with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row([row[c] for c in columns])
+
+    def _before_commit(self, _session: Session) -> None:
+        self.flush()
+
+    def _queue(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        self._pending.setdefault(table, []).extend(rows)
 
     # -- reads --------------------------------------------------------------------------------
 
     def current(self, type_name: str, resource_id: str) -> Stored | None:
         """The current row (possibly a tombstone), or None if the id was never used."""
+        mine = self._written.get((type_name, resource_id))
+        if mine is not None:
+            return dataclasses.replace(mine, method="PUT")  # as _stored(row) would build it
         row = self.session.execute(
-            select(RESOURCE).where(
-                RESOURCE.c.resource_type == type_name, RESOURCE.c.resource_id == resource_id
-            )
+            _CURRENT, {"type_name": type_name, "resource_id": resource_id}
         ).first()
         return self._stored(row) if row else None
 
     def version(self, type_name: str, resource_id: str, version_id: int) -> Stored | None:
         """One historical version, or None."""
+        self.flush()
         row = self.session.execute(
             select(VERSION).where(
                 VERSION.c.resource_type == type_name,
@@ -95,40 +169,86 @@ class Repository:
 
     # -- writes -------------------------------------------------------------------------------
 
-    def create(self, resource: dict[str, Any], resource_id: str | None = None) -> Stored:
-        """Store a new resource (version 1) with a server-assigned id unless one is given."""
+    def create(
+        self, resource: dict[str, Any], resource_id: str | None = None, method: str = "POST"
+    ) -> Stored:
+        """Store a new resource (version 1) with a server-assigned id unless one is given;
+        `method` is what history reports (PUT for update-as-create)."""
         type_name = resource["resourceType"]
         resource_id = resource_id or new_id()
         now = now_utc()
-        content = self._stamp(resource, resource_id, 1, now)
-        try:
-            with self.session.begin_nested():
-                pk = self.session.execute(
-                    insert(RESOURCE)
-                    .values(
-                        resource_type=type_name,
-                        resource_id=resource_id,
-                        version_id=1,
-                        last_updated=now,
-                        deleted=False,
-                        content=content,
-                    )
-                    .returning(RESOURCE.c.pk)
-                ).scalar_one()
-        except IntegrityError:
-            raise Conflict(f"{type_name}/{resource_id} already exists") from None
-        stored = Stored(pk, type_name, resource_id, 1, now, False, content, "POST")
+        content = self.stamp(resource, resource_id, 1, now)
+        values = {
+            "resource_type": type_name,
+            "resource_id": resource_id,
+            "version_id": 1,
+            "last_updated": now,
+            "deleted": False,
+            "content": content,
+        }
+        stmt = _INSERT_IF_ABSENT.get(self.session.get_bind().dialect.name)
+        if stmt is not None:  # no savepoint per create
+            pk = self.session.execute(stmt, values).scalar_one_or_none()
+        else:
+            try:
+                with self.session.begin_nested():
+                    pk = self.session.execute(
+                        insert(RESOURCE).values(**values).returning(RESOURCE.c.pk)
+                    ).scalar_one()
+            except IntegrityError:
+                pk = None
+        if pk is None:
+            raise Conflict(f"{type_name}/{resource_id} already exists")
+        stored = Stored(pk, type_name, resource_id, 1, now, False, content, method)
+        self._written[(type_name, resource_id)] = stored
         self._write_version(stored)
         self._index(stored, resource)
         return stored
+
+    def create_many(self, resources: list[dict[str, Any]]) -> list[Stored]:
+        """Store new resources with server-assigned ids in one batched insert (in order)."""
+        if not resources:
+            return []
+        now = now_utc()
+        rows = []
+        for resource in resources:
+            resource_id = new_id()
+            rows.append(
+                {
+                    "resource_type": resource["resourceType"],
+                    "resource_id": resource_id,
+                    "version_id": 1,
+                    "last_updated": now,
+                    "deleted": False,
+                    "content": self.stamp(resource, resource_id, 1, now),
+                }
+            )
+        pks = (
+            self.session.execute(
+                insert(RESOURCE).returning(RESOURCE.c.pk, sort_by_parameter_order=True), rows
+            )
+            .scalars()
+            .all()
+        )
+        out = []
+        for pk, row, resource in zip(pks, rows, resources, strict=True):
+            stored = Stored(
+                pk, row["resource_type"], row["resource_id"], 1, now, False, row["content"], "POST"
+            )
+            self._written[(stored.type, stored.id)] = stored
+            self._write_version(stored)
+            self._index(stored, resource)
+            out.append(stored)
+        return out
 
     def update(self, current: Stored, resource: dict[str, Any]) -> Stored:
         """Write the next version of `current` (which may be a tombstone)."""
         now = max(now_utc(), current.last_updated)
         version = current.version + 1
-        content = self._stamp(resource, current.id, version, now)
+        content = self.stamp(resource, current.id, version, now)
         self._advance(current, version, now, deleted=False, content=content)
         stored = Stored(current.pk, current.type, current.id, version, now, False, content, "PUT")
+        self._written[(stored.type, stored.id)] = stored
         self._write_version(stored)
         self._clear_index(current.pk)
         self._index(stored, resource)
@@ -140,6 +260,7 @@ class Repository:
         version = current.version + 1
         self._advance(current, version, now, deleted=True, content=None)
         stored = Stored(current.pk, current.type, current.id, version, now, True, None, "DELETE")
+        self._written[(stored.type, stored.id)] = stored
         self._write_version(stored)
         self._clear_index(current.pk)
         return stored
@@ -159,37 +280,38 @@ class Repository:
             )
 
     def _write_version(self, stored: Stored) -> None:
-        self.session.execute(
-            insert(VERSION).values(
-                resource_pk=stored.pk,
-                resource_type=stored.type,
-                resource_id=stored.id,
-                version_id=stored.version,
-                last_updated=stored.last_updated,
-                method=stored.method,
-                content=stored.content,
-            )
-        )
+        row = {
+            "resource_pk": stored.pk,
+            "resource_type": stored.type,
+            "resource_id": stored.id,
+            "version_id": stored.version,
+            "last_updated": stored.last_updated,
+            "method": stored.method,
+            "content": stored.content,
+        }
+        self._queue(VERSION, [row])
+
+    def index(self, stored: Stored) -> None:
+        """Write the search-index rows of a stored resource (records indexed after the fact)."""
+        self._index(stored, stored.resource)
 
     def _index(self, stored: Stored, resource: dict[str, Any]) -> None:
         definition = self.registry.get(stored.type)
+        fixed = {"resource_pk": stored.pk, "resource_type": stored.type}
         for type_, rows in index_rows(definition, resource).items():
             if rows:
                 table = INDEX_TABLES[type_]
-                # executemany needs every row to bind the same columns
-                columns = [c.name for c in table.columns if c.name != "id"]
-                fixed = {"resource_pk": stored.pk, "resource_type": stored.type}
-                self.session.execute(
-                    insert(table),
-                    [{c: fixed.get(c, row.get(c)) for c in columns} for row in rows],
-                )
+                columns = _COLUMNS[table.name]
+                self._queue(table, [{c: fixed.get(c, row.get(c)) for c in columns} for row in rows])
 
     def _clear_index(self, pk: int) -> None:
+        self.flush()
         for table in INDEX_TABLES.values():
             self.session.execute(delete(table).where(table.c.resource_pk == pk))
 
     def reindex(self, type_name: str | None = None) -> int:
         """Rebuild the index rows of live resources (after search parameters change)."""
+        self.flush()
         query = select(RESOURCE).where(RESOURCE.c.deleted == false())
         if type_name:
             query = query.where(RESOURCE.c.resource_type == type_name)
@@ -202,7 +324,7 @@ class Repository:
         return count
 
     @staticmethod
-    def _stamp(resource: dict[str, Any], resource_id: str, version: int, now: datetime) -> str:
+    def stamp(resource: dict[str, Any], resource_id: str, version: int, now: datetime) -> str:
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = str(version)
         meta["lastUpdated"] = format_instant(now)
@@ -214,6 +336,7 @@ class Repository:
 
     def search(self, query: SearchQuery) -> tuple[list[Stored], int | None]:
         """The page of matches and the total (None when not asked for)."""
+        self.flush()
         total: int | None = None
         if query.total != "none" or query.summary == "count":
             total = self.session.execute(self.compiler.select_count(query)).scalar_one()
@@ -231,6 +354,7 @@ class Repository:
     def count_matches(self, query: SearchQuery, limit: int = 2) -> list[Stored]:
         """Up to `limit` matches (conditional interactions need 0, 1 or "several")."""
         limited = SearchQuery(type=query.type, criteria=query.criteria, count=limit)
+        self.flush()
         rows = self.session.execute(self.compiler.select_page(limited)).all()
         return [self._stored(row) for row in rows]
 
@@ -238,6 +362,7 @@ class Repository:
         """Targets of the matches' references named by _include entries."""
         if not matches or not includes:
             return []
+        self.flush()
         pks = [m.pk for m in matches]
         conditions = []
         for inc in includes:
@@ -274,6 +399,7 @@ class Repository:
         """Resources whose references named by _revinclude point at the matches."""
         if not matches or not revincludes:
             return []
+        self.flush()
         keys = sorted({(m.type, m.id) for m in matches})
         conditions = []
         for inc in revincludes:
@@ -314,9 +440,12 @@ class Repository:
         offset: int = 0,
     ) -> tuple[list[Stored], int, int]:
         """History entries newest first, their total, and the snapshot seq bound to page with."""
+        self.flush()
         conditions = []
         if type_name:
             conditions.append(VERSION.c.resource_type == type_name)
+        else:  # audit records have their own trail; system history is the data's history
+            conditions.append(VERSION.c.resource_type != "AuditEvent")
         if resource_id:
             conditions.append(VERSION.c.resource_id == resource_id)
         if since:

@@ -215,6 +215,20 @@ class AuditHeadRow(SQLModel, table=True):
     anchor_mac: str = Field(default="", max_length=64)
 
 
+class AuditIndexRow(SQLModel, table=True):
+    """How far the search index of AuditEvents has caught up with the chain (ITI-81 search).
+
+    Appending a record stores it and its chain link only; its search-index rows are written
+    later, before any AuditEvent search and by `rix maintenance`, so that auditing a read costs
+    a few statements instead of a dozen. A row of its own, so catching up never blocks appends.
+    """
+
+    __tablename__ = "audit_index"
+
+    id: int = Field(default=1, primary_key=True)
+    indexed_seq: int = Field(default=0, sa_column=Column(_BIGINT, nullable=False))
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The Core table behind a SQLModel class (for set-based SQL)."""
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
@@ -224,6 +238,7 @@ RESOURCE = table_of(ResourceRow)
 VERSION = table_of(ResourceVersionRow)
 AUDIT_CHAIN = table_of(AuditChainRow)
 AUDIT_HEAD = table_of(AuditHeadRow)
+AUDIT_INDEX = table_of(AuditIndexRow)
 # Index tables by search-parameter type.
 INDEX_TABLES: dict[str, Table] = {
     "token": table_of(TokenIndex),
