@@ -38,22 +38,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-RESOURCE_TYPES: tuple[str, ...] = (
-    "Patient",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "Endpoint",
-    "ServiceRequest",
-    "ImagingStudy",
-    "DocumentReference",
-    "List",
-    "Binary",
-    "Consent",
-    "AuditEvent",
-    "Task",
-    "Provenance",
-)
+# The types the server registers (app/fhir/registry.py is the one list).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.fhir.registry import SERVED_TYPES as RESOURCE_TYPES
+
 # Bundle is validated on input, so its bindings are needed too.
 BINDING_TYPES: tuple[str, ...] = (*RESOURCE_TYPES, "Bundle")
 

@@ -24,28 +24,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.fhir import models
+from app.fhir.registry import SERVED_TYPES as REGISTERED_TYPES
 
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
 BASE = "http://testserver/fhir"
 SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"
 REQUEST_ID_URL = "https://fhir.rix.example/StructureDefinition/request-id"
-SERVED_TYPES = {
-    "Patient",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "Endpoint",
-    "ServiceRequest",
-    "ImagingStudy",
-    "DocumentReference",
-    "List",
-    "Binary",
-    "Consent",
-    "AuditEvent",
-    "Task",
-    "Provenance",
-}
+SERVED_TYPES = set(REGISTERED_TYPES)
 READ_INTERACTIONS = {"read", "vread", "history-instance", "history-type", "search-type"}
 ALL_INTERACTIONS = READ_INTERACTIONS | {"create", "update", "patch", "delete"}
 
