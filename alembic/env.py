@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from app.config import get_settings
 from app.storage.db import make_engine
@@ -22,6 +23,10 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Several `rix serve` processes may start at once on one database: the first
+                # migrates, the others wait here and then find the schema at head.
+                connection.execute(text("SELECT pg_advisory_xact_lock(727170)"))
             context.run_migrations()
     engine.dispose()
 

@@ -8,6 +8,7 @@ describe (a model change without a migration fails here); `rix demo` is idempote
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from app.storage.migrations import alembic_config
 from app.storage.tables import VERSION, metadata
-from tests.server import rix_env, run_rix
+from tests.server import rix_env, rix_executable, run_rix
 
 RESOURCE = metadata.tables["resource"]
 
@@ -166,3 +167,25 @@ def test_no_arguments_prints_usage_and_exits_2(tmp_path: Path) -> None:
     assert done.stderr.startswith("usage: rix")
     assert "serve" in done.stderr
     assert done.stdout == ""
+
+
+def test_processes_starting_together_migrate_once(empty_database_url: str, tmp_path: Path) -> None:
+    """Replicas started at the same time on an empty database all come up at head."""
+    env = rix_env(empty_database_url, tmp_path / "data")
+    upgrades = [
+        subprocess.Popen(
+            [rix_executable(), "db", "upgrade"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for process in upgrades:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert "database at head" in out
+    current, head = _head_revision(empty_database_url)
+    assert current == head is not None
