@@ -16,7 +16,9 @@ def run_migrations_online() -> None:
     """Run migrations on a live connection (offline SQL generation is not used)."""
     url = config.attributes.get("database_url") or get_settings().database_url
     engine = make_engine(url)
-    with engine.connect() as connection:
+    # rix_write: SQLite takes the write lock up front (BEGIN IMMEDIATE), so a second process
+    # migrating at the same time waits for it instead of failing with "database is locked".
+    with engine.connect().execution_options(rix_write=True) as connection:
         context.configure(
             connection=connection,
             target_metadata=metadata,

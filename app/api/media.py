@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 
 from app.errors import Invalid, NotAcceptable, UnsupportedMediaType
+from app.fhir import jsonio
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = {FHIR_JSON, "application/json", "application/json+fhir", "text/json"}
@@ -52,7 +52,7 @@ async def read_json(request: Request, *, allow: set[str] | None = None) -> Any:
     if not body.strip():
         raise Invalid("The request body is empty")
     try:
-        return json.loads(body)
+        return jsonio.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Invalid(f"The body is not valid JSON: {exc}") from None
 
@@ -65,11 +65,7 @@ def fhir_response(
     """A FHIR JSON response (a stored JSON string is sent as is, without re-encoding)."""
     if body is None:
         return Response(status_code=status, headers=headers)
-    text = (
-        body
-        if isinstance(body, str)
-        else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    )
+    text = body if isinstance(body, str) else jsonio.dumps(body)
     return Response(
         content=text.encode("utf-8"),
         status_code=status,

@@ -71,7 +71,10 @@ def _walk(node: Any, names: list[str], location: str) -> list[tuple[str, Any]]:
 _JSON_PRIMITIVES: dict[Any, tuple[str, Callable[[Any], bool]]] = {
     bool: ("boolean (true or false)", lambda v: isinstance(v, bool)),
     int: ("integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    Decimal: ("number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    Decimal: (
+        "number",
+        lambda v: isinstance(v, int | float | Decimal) and not isinstance(v, bool),
+    ),
 }
 
 

@@ -4,8 +4,8 @@ their conditional forms, search and history (FHIR R4 http.html), over the reposi
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,7 +23,7 @@ from app.errors import (
     PreconditionFailed,
     Unprocessable,
 )
-from app.fhir import models
+from app.fhir import jsonio, models
 from app.fhir.registry import Registry
 from app.fhir.search import SearchParser, SearchQuery, parse_int
 from app.fhir.values import parse_search_date
@@ -118,7 +118,7 @@ class ResourceService:
             content = previous.content if previous else None
         if content is None:
             return self.policy.can_see(self.principal, stored.type, stored.id, {})
-        return self.policy.can_see(self.principal, stored.type, stored.id, json.loads(content))
+        return self.policy.can_see(self.principal, stored.type, stored.id, jsonio.loads(content))
 
     def _patients(self, stored: Stored) -> set[str]:
         if stored.content is None:
@@ -486,7 +486,20 @@ def _without_version(resource: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _exact(value: Any) -> Any:
+    """A comparable form in which 1.50 and 1.5 differ (FHIR keeps a decimal's precision)."""
+    if isinstance(value, dict):
+        return {k: _exact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exact(v) for v in value]
+    if isinstance(value, Decimal):
+        return ("decimal", str(value))
+    return value
+
+
 def _unchanged(current: Stored, resource: dict[str, Any]) -> bool:
     """True when an update would store the same content: no new version is written (HAPI-style
     no-op), which makes replaying the same update or Bundle idempotent."""
-    return not current.deleted and _without_version(current.resource) == _without_version(resource)
+    if current.deleted:
+        return False
+    return _exact(_without_version(current.resource)) == _exact(_without_version(resource))

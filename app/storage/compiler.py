@@ -28,6 +28,9 @@ from app.storage.tables import INDEX_TABLES, RESOURCE
 
 REFERENCE = INDEX_TABLES["reference"]
 _TABLES = INDEX_TABLES
+_R = RESOURCE.alias("r")  # the searched rows (an alias is immutable: built once, reused)
+# Index rows read by _sort subqueries: only ever correlated to `_R` at the top level.
+_SORT = {name: table.alias() for name, table in _TABLES.items()}
 
 
 def _like_escape(text: str) -> str:
@@ -81,7 +84,7 @@ class Compiler:
 
     def select_page(self, query: SearchQuery) -> Select[Any]:
         """The page of matching resource rows."""
-        r = RESOURCE.alias("r")
+        r = _R
         return (
             select(r)
             .where(*self.where(query, r))
@@ -92,7 +95,7 @@ class Compiler:
 
     def select_count(self, query: SearchQuery) -> Select[Any]:
         """The number of matches."""
-        r = RESOURCE.alias("r")
+        r = _R
         return select(func.count()).select_from(r).where(*self.where(query, r))
 
     # -- criteria -----------------------------------------------------------------------------
@@ -123,16 +126,19 @@ class Compiler:
             )
         param_code = c.param.code + (":of-type" if c.modifier == "of-type" else "")
         matcher = getattr(self, "_" + c.param.type)
-        match = or_(*(matcher(v, idx, c) for v in c.values))
         if type_name is not None:
             # Uncorrelated, so the database can start from the index and fetch only the matching
             # resources (SQLite never turns a correlated EXISTS into a join: it would read every
-            # resource of the type). Index rows carry their resource's type.
+            # resource of the type). Index rows carry their resource's type. Nothing around it
+            # can correlate the table, so it needs no alias (whose columns cost time to build).
+            table = _TABLES[c.param.type]
+            match = or_(*(matcher(v, table, c) for v in c.values))
             return r.c.pk.in_(
-                select(idx.c.resource_pk).where(
-                    idx.c.resource_type == type_name, idx.c.param == param_code, match
+                select(table.c.resource_pk).where(
+                    table.c.resource_type == type_name, table.c.param == param_code, match
                 )
             )
+        match = or_(*(matcher(v, idx, c) for v in c.values))
         return exists().where(idx.c.resource_pk == r.c.pk, idx.c.param == param_code, match)
 
     def _id(self, c: Criterion, r: FromClause) -> ColumnElement[bool]:
@@ -302,7 +308,7 @@ class Compiler:
             return r.c.resource_id
         if code == "_lastUpdated":
             return r.c.last_updated
-        idx = _TABLES[key.param.type].alias()
+        idx = _SORT[key.param.type]
         column = {
             "token": idx.c.code if "code" in idx.c else None,
             "string": idx.c.value if "value" in idx.c else None,

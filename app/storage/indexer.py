@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 from typing import Any
 
 from app.fhir.fhirpath import iter_strings
@@ -140,7 +141,7 @@ def _uris(nodes: Iterable[Any], code: str) -> Iterator[Row]:
 
 def _numbers(nodes: Iterable[Any], code: str) -> Iterator[Row]:
     for node in nodes:
-        if isinstance(node, int | float) and not isinstance(node, bool):
+        if isinstance(node, int | float | Decimal) and not isinstance(node, bool):
             yield {"param": code, "low": float(node), "high": float(node)}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict
+from app.fhir import jsonio
 from app.fhir.registry import Registry
 from app.fhir.search import Include, SearchQuery
 from app.fhir.values import format_instant, now_utc
@@ -54,7 +54,7 @@ class Stored:
     def resource(self) -> dict[str, Any]:
         """The resource JSON as a dict (not for tombstones)."""
         assert self.content is not None
-        data: dict[str, Any] = json.loads(self.content)
+        data: dict[str, Any] = jsonio.loads(self.content)
         return data
 
 
@@ -64,7 +64,7 @@ def new_id() -> str:
 
 
 def _dumps(resource: dict[str, Any]) -> str:
-    return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
+    return jsonio.dumps(resource)
 
 
 # The statements run once per resource are built once: SQLAlchemy then skips rebuilding and

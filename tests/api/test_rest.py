@@ -895,3 +895,23 @@ def test_capability_statement(client: TestClient) -> None:
     study_params = {p["name"]: p["type"] for p in by_type["ImagingStudy"]["searchParam"]}
     assert study_params["patient"] == "reference"
     assert "ImagingStudy:patient" in by_type["ImagingStudy"]["searchInclude"]
+
+
+def test_decimals_keep_their_precision(client: TestClient) -> None:
+    """FHIR R4 json.html: a decimal's precision is part of its value (1.50 is not 1.5)."""
+    body = (
+        '{"resourceType":"Provenance","target":[{"reference":"Patient/x"}],'
+        '"recorded":"2024-01-01T00:00:00Z","agent":[{"who":{"display":"a"}}],'
+        '"location":{"display":"here"},'
+        '"extension":[{"url":"http://example.org/weight","valueDecimal":1.50},'
+        '{"url":"http://example.org/big","valueDecimal":2.000000000000000000001}]}'
+    )
+    created = client.post("/fhir/Provenance", content=body, headers={"Content-Type": FHIR_JSON})
+    assert created.status_code == 201, created.text
+    text = client.get(f"/fhir/Provenance/{created.json()['id']}").text
+    assert '"valueDecimal":1.50' in text
+    assert '"valueDecimal":2.000000000000000000001' in text
+    again = json.loads(text)
+    again["extension"][0]["valueDecimal"] = 1.5
+    updated = client.put(f"/fhir/Provenance/{again['id']}", json=again)
+    assert updated.headers["etag"] == 'W/"2"'  # 1.5 is a change from 1.50
