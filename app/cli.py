@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.config import Settings, get_settings
+from app.errors import FhirError
 from app.policy.principal import PURPOSES, ROLES
 
 if TYPE_CHECKING:
@@ -43,6 +44,20 @@ def _upgrade(settings: Settings, _args: argparse.Namespace) -> int:
 
     upgrade(settings.database_url)
     print(f"database at head: {settings.database_url}")
+    return 0
+
+
+def _reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from app.storage.db import transaction
+    from app.storage.repository import Repository
+
+    rt = _runtime(settings)
+    if args.type:
+        rt.registry.get(args.type)  # an unknown type is an error, not a silent no-op
+    with transaction(rt.sessions, write=True) as session:
+        count = Repository(session, rt.registry).reindex(args.type)
+    rt.engine.dispose()
+    print(f"reindexed {count} resources")
     return 0
 
 
@@ -177,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations").set_defaults(func=_upgrade)
+    reindex = db_sub.add_parser(
+        "reindex", help="rebuild search indexes (after search-parameter definitions change)"
+    )
+    reindex.add_argument("--type", default=None, help="only this resource type")
+    reindex.set_defaults(func=_reindex)
     sub.add_parser("demo", help="load the demo data set").set_defaults(func=_demo)
     token = sub.add_parser("token", help="print a development token (refused in production)")
     token.add_argument("--sub", required=True, help="subject (person or system id)")
@@ -210,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rix` console script."""
     args = build_parser().parse_args(argv)
-    result: int = args.func(get_settings(), args)
+    try:
+        result: int = args.func(get_settings(), args)
+    except FhirError as exc:
+        print(f"rix: {exc.diagnostics}", file=sys.stderr)
+        return 2
     return result
 
 

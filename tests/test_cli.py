@@ -189,3 +189,21 @@ def test_processes_starting_together_migrate_once(empty_database_url: str, tmp_p
         assert "database at head" in out
     current, head = _head_revision(empty_database_url)
     assert current == head is not None
+
+
+def test_db_reindex_rebuilds_search_indexes(database_url: str, tmp_path: Path) -> None:
+    """`rix db reindex` rebuilds every index row from the stored resources."""
+    env = rix_env(database_url, tmp_path / "data")
+    assert run_rix(["demo"], env, tmp_path).returncode == 0
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        before = conn.execute(text("SELECT count(*) FROM sp_token")).scalar_one()
+        conn.execute(text("DELETE FROM sp_token WHERE resource_type = 'Patient'"))
+    done = run_rix(["db", "reindex", "--type", "Patient"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "reindexed 5 resources" in done.stdout
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sp_token")).scalar_one() == before
+    engine.dispose()
+    refused = run_rix(["db", "reindex", "--type", "Nope"], env, tmp_path)
+    assert refused.returncode == 2 and "Nope" in refused.stderr
