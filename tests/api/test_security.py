@@ -10,8 +10,10 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
@@ -19,6 +21,7 @@ from jose import jwt
 from app.auth.keys import DEV_KID, dev_private_pem
 from app.config import Settings
 from app.fhir.naming import ipp_system
+from tests.server import running_servers
 
 Token = Callable[..., dict[str, str]]
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -371,3 +374,106 @@ def test_a_transaction_leaves_one_event_per_kind_of_write(client: TestClient, to
         x["what"]["reference"] for x in events[0]["entity"] if x.get("role", {}).get("code") == "1"
     ]
     assert len(created) == 5 and len(patients) == 5
+
+
+INTERACTIONS: list[tuple[str, str, str, Any, dict[str, str]]] = [
+    # name (AuditEvent subtype), method, path (with {pid}/{sid}), body, extra headers
+    ("read", "GET", "/fhir/ImagingStudy/{sid}", None, {}),
+    ("vread", "GET", "/fhir/ImagingStudy/{sid}/_history/1", None, {}),
+    ("history-instance", "GET", "/fhir/ImagingStudy/{sid}/_history", None, {}),
+    ("search-type", "GET", "/fhir/ImagingStudy?patient=Patient/{pid}", None, {}),
+    ("search-type", "POST", "/fhir/ImagingStudy/_search", "patient=Patient/{pid}", {}),
+    ("update", "PUT", "/fhir/ImagingStudy/{sid}", "study", {}),
+    ("patch", "PATCH", "/fhir/ImagingStudy/{sid}", "patch", {}),
+    ("create", "POST", "/fhir/ImagingStudy", "new-study", {}),
+    ("update", "PUT", "/fhir/ImagingStudy?identifier=urn:x|{pid}", "new-study", {}),
+    ("delete", "DELETE", "/fhir/ImagingStudy/{sid}", None, {}),
+]
+
+
+@pytest.mark.parametrize(("subtype", "method", "path", "body", "extra"), INTERACTIONS)
+def test_every_interaction_is_audited_with_person_and_patient(
+    client: TestClient,
+    token: Token,
+    subtype: str,
+    method: str,
+    path: str,
+    body: Any,
+    extra: dict[str, str],
+) -> None:
+    site = token("site-system", org="423", sub="ris-423", name="RIS Romorantin")
+    pid = _create(client, _patient("423", "R-audit"), site)
+    study = _study(pid)
+    sid = _create(client, study, site)
+    url = path.format(pid=pid, sid=sid)
+    headers = {**site, **extra, "X-Request-Id": f"rq-{subtype}-{method}"}
+    kwargs: dict[str, Any] = {}
+    if body == "study":
+        kwargs["json"] = {**study, "id": sid, "description": "changed"}
+    elif body == "new-study":
+        kwargs["json"] = {**study, "identifier": [{"system": "urn:x", "value": pid}]}
+    elif body == "patch":
+        kwargs["content"] = json.dumps([{"op": "add", "path": "/description", "value": "p"}])
+        headers["Content-Type"] = "application/json-patch+json"
+    elif isinstance(body, str):
+        kwargs["content"] = body.format(pid=pid)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    response = client.request(method, url, headers=headers, **kwargs)
+    assert response.status_code < 300, response.text
+    events = [
+        e
+        for e in _audit(client, token, patient=f"Patient/{pid}")
+        if any(
+            x.get("what", {}).get("identifier", {}).get("value") == f"rq-{subtype}-{method}"
+            for x in e.get("entity", [])
+        )
+    ]
+    assert len(events) == 1, events
+    event = events[0]
+    assert event["subtype"][0]["code"] == subtype
+    assert event["outcome"] == "0"
+    user = next(a for a in event["agent"] if a.get("requestor"))
+    assert (user["who"]["identifier"]["value"], user["name"]) == ("ris-423", "RIS Romorantin")
+    assert f"Patient/{pid}" in {x.get("what", {}).get("reference") for x in event["entity"]}
+
+
+def test_transactions_and_batches_are_audited(client: TestClient, token: Token) -> None:
+    site = token("site-system", org="423", sub="ris-423")
+    pid = _create(client, _patient("423", "R-tx-audit"), site)
+    for kind in ("transaction", "batch"):
+        bundle = {
+            "resourceType": "Bundle",
+            "type": kind,
+            "entry": [
+                {"resource": _study(pid), "request": {"method": "POST", "url": "ImagingStudy"}},
+                {"request": {"method": "GET", "url": f"ImagingStudy?patient=Patient/{pid}"}},
+            ],
+        }
+        headers = {**site, "X-Request-Id": f"rq-{kind}"}
+        assert client.post("/fhir", json=bundle, headers=headers).status_code == 200
+        events = [
+            e
+            for e in _audit(client, token, patient=f"Patient/{pid}")
+            if f"rq-{kind}" in json.dumps(e)
+        ]
+        assert {e["subtype"][0]["code"] for e in events} == {"create", "search-type"}, kind
+
+
+def test_bad_tokens_against_a_running_server(database_url: str, tmp_path: Path) -> None:
+    """The same refusals from a real `rix serve` process, and its audit trail records them."""
+    with running_servers(database_url, tmp_path / "server") as (server,):
+        settings = Settings(env="test", data_dir=server.data_dir)
+        with httpx.Client(base_url=server.fhir_base, timeout=30) as http:
+            for case in BAD_TOKENS:
+                response = http.get(
+                    "/Patient", headers={"Authorization": f"Bearer {_forged(settings, case)}"}
+                )
+                assert response.status_code == 401, case
+                assert response.json()["resourceType"] == "OperationOutcome"
+            assert http.get("/Patient").status_code == 401
+            good = http.get("/Patient", headers=server.headers("admin"))
+            assert good.status_code == 200
+            log = http.get(
+                "/AuditEvent", params={"type": f"{DCM}|110114"}, headers=server.headers("dpo")
+            )
+            assert log.json()["total"] == len(BAD_TOKENS) + 1
