@@ -6,7 +6,6 @@ rules and no SQL live here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,8 +26,6 @@ from app.services.bundles import process_bundle
 from app.services.resources import ResourceService
 from app.services.runtime import Runtime
 from app.storage.repository import Stored
-
-Handler = Callable[..., Awaitable[Response]]
 
 _FHIR_JSON_CONTENT = {media.FHIR_JSON: {"schema": {"type": "object"}}}
 _OUTCOME = {"description": "OperationOutcome", "content": _FHIR_JSON_CONTENT}
@@ -330,7 +327,7 @@ async def metadata(request: Request) -> Response:
     return media.fhir_response(capability_statement(rt.registry, base_url(request), rt.settings))
 
 
-# The interaction table: (method, path under /fhir/{type}, handler name, summary).
+# The interaction table: (method, path under /fhir/{type}, handler, FHIR interaction, summary).
 TYPE_ROUTES = (
     ("GET", "", "search", "search-type", "search-type"),
     ("POST", "", "create", "create", "create / conditional create"),
