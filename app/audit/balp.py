@@ -53,6 +53,28 @@ class Touch:
     items: list[str] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
     query: str | None = None
+    # Which patients each item is about, so events can be split per patient.
+    links: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+
+    def add(self, item: str, patients: set[str]) -> None:
+        """Note one resource the interaction returned or wrote, and its patients."""
+        self.items.append(item)
+        self.patients |= patients
+        self.links.append((item, frozenset(patients)))
+
+    def per_patient(self) -> list[Touch]:
+        """BALP's "with Patient" patterns name one patient per event: a touch about several
+        patients becomes one event per patient, naming only that patient's items (so a
+        patient's own audit view never shows another patient), plus one event without any
+        patient that keeps the query and every item for the privacy officer."""
+        if len(self.patients) <= 1:
+            return [self]
+        links = self.links or [(item, frozenset(self.patients)) for item in self.items]
+        split = [
+            Touch(self.interaction, self.type, [i for i, ps in links if pid in ps], {pid})
+            for pid in sorted(self.patients)
+        ]
+        return [*split, Touch(self.interaction, self.type, list(self.items), set(), self.query)]
 
 
 def _user_agent(principal: Principal | None, claimed: str | None) -> dict[str, Any]:

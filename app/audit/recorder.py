@@ -58,9 +58,9 @@ class AuditRecorder:
             if merged is None:
                 merged = writes[(t.interaction, t.type)] = Touch(t.interaction, t.type)
                 out.append(merged)
-            merged.items.extend(t.items)
-            merged.patients |= t.patients
-        return out
+            for item, patients in t.links or [(i, frozenset(t.patients)) for i in t.items]:
+                merged.add(item, set(patients))
+        return [split for touch in out for split in touch.per_patient()]
 
     def success_events(self) -> list[dict[str, Any]]:
         """The events of a request that succeeded."""

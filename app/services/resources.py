@@ -213,8 +213,7 @@ class ResourceService:
             stored = self.access.trail.append(self.repo, [resource])[0]
         else:
             stored = self.repo.create(resource, assigned_id)
-        touch.items.append(f"{type_name}/{stored.id}/_history/{stored.version}")
-        touch.patients |= self._patients(stored)
+        touch.add(f"{type_name}/{stored.id}/_history/{stored.version}", self._patients(stored))
         return Written(201, stored)
 
     def update(
@@ -243,8 +242,8 @@ class ResourceService:
 
     def _wrote(self, touch: Any, written: Written) -> Written:
         stored = written.stored
-        touch.items[:] = [f"{stored.type}/{stored.id}/_history/{stored.version}"]
-        touch.patients |= self._patients(stored)
+        touch.items.clear()
+        touch.add(f"{stored.type}/{stored.id}/_history/{stored.version}", self._patients(stored))
         return written
 
     def conditional_update(
@@ -344,8 +343,7 @@ class ResourceService:
             return None
         current = self.repo.current(type_name, found[0].id)
         assert current is not None
-        touch.items.append(f"{type_name}/{current.id}")
-        touch.patients |= self._patients(current)
+        touch.add(f"{type_name}/{current.id}", self._patients(current))
         self._check_write(type_name, current.id, current.resource)
         return self.repo.delete(current)
 
@@ -395,8 +393,9 @@ class ResourceService:
         if len(matches) != len(found):
             total = None
         for stored in (*matches, *included):
-            touch.items.append(f"{stored.type}/{stored.id}/_history/{stored.version}")
-            touch.patients |= self._patients(stored)
+            touch.add(
+                f"{stored.type}/{stored.id}/_history/{stored.version}", self._patients(stored)
+            )
         return SearchResult(query, matches, total, included)
 
     def _included(self, query: SearchQuery, matches: list[Stored]) -> list[Stored]:
@@ -470,7 +469,7 @@ class ResourceService:
             if len(visible) != len(entries):
                 raise Forbidden("This history contains items you may not see; search instead")
         for entry in entries:
-            touch.patients |= self._patients(entry)
+            touch.add(f"{entry.type}/{entry.id}/_history/{entry.version}", self._patients(entry))
         return HistoryResult(entries, total, snap, count, offset)
 
 

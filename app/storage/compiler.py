@@ -18,7 +18,9 @@ from sqlalchemy import (
     or_,
     select,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement as _Col
+from sqlalchemy.sql.functions import FunctionElement
 
 from app.errors import Invalid
 from app.fhir.search import Criterion, SearchQuery, SortKey, Value, split_token, unescape
@@ -31,6 +33,25 @@ _TABLES = INDEX_TABLES
 _R = RESOURCE.alias("r")  # the searched rows (an alias is immutable: built once, reused)
 # Index rows read by _sort subqueries: only ever correlated to `_R` at the top level.
 _SORT = {name: table.alias() for name, table in _TABLES.items()}
+
+
+class _Likely(FunctionElement[bool]):
+    """`likely(condition)` on SQLite, the bare condition elsewhere: tells SQLite's planner
+    (which has no statistics unless someone runs ANALYZE) that the condition selects most
+    rows, so an index lookup elsewhere in the query drives it instead of this condition."""
+
+    name = "likely"  # untyped: SQLite would otherwise render `likely(...) = 1`
+    inherit_cache = True
+
+
+@compiles(_Likely, "sqlite")
+def _likely_sqlite(element: _Likely, compiler: Any, **kw: Any) -> str:
+    return f"likely({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_Likely)
+def _likely_other(element: _Likely, compiler: Any, **kw: Any) -> str:
+    return f"({compiler.process(element.clauses, **kw)})"
 
 
 def _like_escape(text: str) -> str:
@@ -64,10 +85,11 @@ class Compiler:
 
     def where(self, query: SearchQuery, r: FromClause) -> list[ColumnElement[bool]]:
         """WHERE clauses selecting live resources of the query's type that match."""
-        clauses: list[ColumnElement[bool]] = [
-            r.c.resource_type == query.type,
-            r.c.deleted == false(),
-        ]
+        of_type: ColumnElement[bool] = r.c.resource_type == query.type
+        if any(self._indexed(c) for c in query.criteria):
+            # An index lookup (below) finds the matches: SQLite must not scan the whole type.
+            of_type = _Likely(of_type)
+        clauses: list[ColumnElement[bool]] = [of_type, r.c.deleted == false()]
         if query.snapshot is not None:
             clauses.append(r.c.pk <= query.snapshot)
         clauses.extend(self.criterion(c, r, query.type) for c in query.criteria)
@@ -100,6 +122,17 @@ class Compiler:
 
     # -- criteria -----------------------------------------------------------------------------
 
+    @staticmethod
+    def _indexed(c: Criterion) -> bool:
+        """True when `criterion` compiles `c` to a lookup in an index table (given a type)."""
+        return not (
+            c.has is not None
+            or c.param.code in ("_id", "_lastUpdated")
+            or c.modifier == "missing"
+            or c.chain is not None
+            or (c.param.type == "token" and c.modifier == "not")
+        )
+
     def criterion(
         self, c: Criterion, r: FromClause, type_name: str | None = None
     ) -> ColumnElement[bool]:
@@ -126,7 +159,7 @@ class Compiler:
             )
         param_code = c.param.code + (":of-type" if c.modifier == "of-type" else "")
         matcher = getattr(self, "_" + c.param.type)
-        if type_name is not None:
+        if type_name is not None:  # here exactly when self._indexed(c)
             # Uncorrelated, so the database can start from the index and fetch only the matching
             # resources (SQLite never turns a correlated EXISTS into a join: it would read every
             # resource of the type). Index rows carry their resource's type. Nothing around it

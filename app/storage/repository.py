@@ -23,7 +23,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -69,11 +69,15 @@ def _dumps(resource: dict[str, Any]) -> str:
 
 # The statements run once per resource are built once: SQLAlchemy then skips rebuilding and
 # re-keying them on every call (about half the Python time of a single-row insert).
+# `INSERT ... ON CONFLICT DO NOTHING RETURNING pk`: a taken (type, id) inserts no row.
 _INSERT_IF_ABSENT: dict[str, Insert] = {
-    # `INSERT ... ON CONFLICT DO NOTHING RETURNING pk`: a taken (type, id) inserts no row.
-    "postgresql": postgresql.insert(RESOURCE).on_conflict_do_nothing().returning(RESOURCE.c.pk),
     "sqlite": sqlite.insert(RESOURCE).on_conflict_do_nothing().returning(RESOURCE.c.pk),
 }
+# The same on psycopg directly (PostgreSQL): a third of SQLAlchemy's Python time per call.
+_PG_INSERT_IF_ABSENT = (
+    "INSERT INTO resource (resource_type, resource_id, version_id, last_updated, deleted, content)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING pk"
+)
 _CURRENT = select(RESOURCE).where(
     RESOURCE.c.resource_type == bindparam("type_name"),
     RESOURCE.c.resource_id == bindparam("resource_id"),
@@ -186,8 +190,18 @@ class Repository:
             "deleted": False,
             "content": content,
         }
-        stmt = _INSERT_IF_ABSENT.get(self.session.get_bind().dialect.name)
-        if stmt is not None:  # no savepoint per create
+        # No savepoint per create: the taken (type, id) just inserts no row.
+        dialect = self.session.get_bind().dialect.name
+        if dialect == "postgresql":
+            raw: Any = self.session.connection().connection.dbapi_connection
+            with raw.cursor() as cursor:
+                cursor.execute(
+                    _PG_INSERT_IF_ABSENT,
+                    (type_name, resource_id, 1, now, False, content),
+                )
+                row = cursor.fetchone()
+            pk = None if row is None else int(row[0])
+        elif (stmt := _INSERT_IF_ABSENT.get(dialect)) is not None:
             pk = self.session.execute(stmt, values).scalar_one_or_none()
         else:
             try:

@@ -349,7 +349,9 @@ def test_iti81_search_parameters(client: TestClient, token: Token) -> None:
     assert _audit(client, token, **{"agent-name": "test clin"})
 
 
-def test_a_transaction_leaves_one_event_per_kind_of_write(client: TestClient, token: Token) -> None:
+def test_a_transaction_is_audited_per_patient_and_as_a_whole(
+    client: TestClient, token: Token
+) -> None:
     entries = [
         {
             "fullUrl": f"urn:uuid:00000000-0000-4000-8000-00000000000{i}",
@@ -366,14 +368,18 @@ def test_a_transaction_leaves_one_event_per_kind_of_write(client: TestClient, to
         for e in _audit(client, token, **{"agent:identifier": f"{SUBJECT}|ris-423"})
         if e.get("subtype", [{}])[0].get("code") == "create"
     ]
-    assert len(events) == 1
-    created = [
-        x["what"]["reference"] for x in events[0]["entity"] if x.get("role", {}).get("code") == "4"
-    ]
-    patients = [
-        x["what"]["reference"] for x in events[0]["entity"] if x.get("role", {}).get("code") == "1"
-    ]
-    assert len(created) == 5 and len(patients) == 5
+
+    # one write event per patient (BALP "with Patient"), plus one naming every resource
+    def refs(event: dict[str, Any], role: str) -> list[str]:
+        return [
+            x["what"]["reference"] for x in event["entity"] if x.get("role", {}).get("code") == role
+        ]
+
+    per_patient = [e for e in events if refs(e, "1")]
+    assert len(per_patient) == 5 and all(len(refs(e, "1")) == 1 for e in per_patient)
+    assert all(len(refs(e, "4")) == 1 for e in per_patient)
+    (overall,) = [e for e in events if not refs(e, "1")]
+    assert len(refs(overall, "4")) == 5
 
 
 INTERACTIONS: list[tuple[str, str, str, Any, dict[str, str]]] = [
@@ -477,3 +483,37 @@ def test_bad_tokens_against_a_running_server(database_url: str, tmp_path: Path) 
                 "/AuditEvent", params={"type": f"{DCM}|110114"}, headers=server.headers("dpo")
             )
             assert log.json()["total"] == len(BAD_TOKENS) + 1
+
+
+def test_a_patient_never_sees_another_patient_in_the_access_log(
+    client: TestClient, token: Token
+) -> None:
+    """A search returning several patients' data is audited once per patient (BALP), so the
+    patient's "who looked at my exams" shows only their own records; the privacy officer
+    still has the whole query."""
+    admin = token("admin")
+    alice = _create(client, _patient("423", "R-30", "Alice"), admin)
+    bob = _create(client, _patient("423", "R-31", "Bob"), admin)
+    alice_study, bob_study = (
+        _create(client, _study(alice), admin),
+        _create(client, _study(bob), admin),
+    )
+    doctor = {**token("radiologist", sub="dr-wide"), "X-Request-Id": "wide-search"}
+    found = client.get("/fhir/ImagingStudy", params={"status": "available"}, headers=doctor)
+    assert found.json()["total"] == 2
+
+    mine = client.get("/fhir/AuditEvent", headers=token("patient", patient=alice)).json()
+    seen = json.dumps(mine)
+    assert "wide-search" in seen  # the access to Alice's data is there...
+    assert bob not in seen and bob_study not in seen  # ...and nothing of Bob's
+    assert alice_study in seen
+    everything = [e for e in _audit(client, token) if "wide-search" in json.dumps(e)]
+    patients = [
+        {x["what"]["reference"] for x in e["entity"] if x.get("role", {}).get("code") == "1"}
+        for e in everything
+    ]
+    assert sorted(map(sorted, patients)) == [[], [f"Patient/{alice}"], [f"Patient/{bob}"]]
+    query_event = next(
+        e for e in everything if not any(x.get("role", {}).get("code") == "1" for x in e["entity"])
+    )
+    assert any(x.get("query") for x in query_event["entity"])
