@@ -65,12 +65,17 @@ class Policy:
     # -- can_see --------------------------------------------------------------------------------
 
     def can_see(
-        self, principal: Principal, type_name: str, resource_id: str, resource: dict[str, Any]
+        self,
+        principal: Principal,
+        type_name: str,
+        resource_id: str,
+        resource: Callable[[], dict[str, Any]],
     ) -> bool:
-        """True when this item may leave the server for this caller."""
+        """True when this item may leave the server for this caller (`resource` is read only
+        when the decision needs the content)."""
         if principal.role != "patient":
             return True
-        return principal.patient in self.patients_of(type_name, resource_id, resource)
+        return principal.patient in self.patients_of(type_name, resource_id, resource())
 
     def patients_of(self, type_name: str, resource_id: str, resource: dict[str, Any]) -> set[str]:
         """Logical ids of the patients a resource is about (by its `patient` search parameter)."""

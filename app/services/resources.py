@@ -23,7 +23,7 @@ from app.errors import (
     PreconditionFailed,
     Unprocessable,
 )
-from app.fhir import jsonio, models
+from app.fhir import models
 from app.fhir.registry import Registry
 from app.fhir.search import SearchParser, SearchQuery, parse_int
 from app.fhir.values import parse_search_date
@@ -112,13 +112,14 @@ class ResourceService:
 
     def _visible(self, stored: Stored) -> bool:
         """can_see for a stored version; a tombstone is judged by its last content."""
-        content = stored.content
-        if content is None and stored.version > 1:
+
+        def content() -> dict[str, Any]:
+            if stored.content is not None:
+                return stored.resource
             previous = self.repo.version(stored.type, stored.id, stored.version - 1)
-            content = previous.content if previous else None
-        if content is None:
-            return self.policy.can_see(self.principal, stored.type, stored.id, {})
-        return self.policy.can_see(self.principal, stored.type, stored.id, jsonio.loads(content))
+            return previous.resource if previous and previous.content else {}
+
+        return self.policy.can_see(self.principal, stored.type, stored.id, content)
 
     def _patients(self, stored: Stored) -> set[str]:
         if stored.content is None:

@@ -6,6 +6,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import (
@@ -50,9 +51,10 @@ class Stored:
     content: str | None
     method: str = "PUT"
 
-    @property
+    @cached_property
     def resource(self) -> dict[str, Any]:
-        """The resource JSON as a dict (not for tombstones)."""
+        """The resource JSON as a dict, parsed once (not for tombstones); treat it as read-only:
+        the policy, the audit and the response all read this same parse."""
         assert self.content is not None
         data: dict[str, Any] = jsonio.loads(self.content)
         return data
