@@ -198,25 +198,23 @@ class BundleProcessor:
                 raise _at(Invalid(f"Duplicate fullUrl '{entry.full_url}'"), entry)
             target: str | None = None
             if entry.method == "POST":
-                existing = (
-                    svc.repo.count_matches(
-                        svc.parser.parse(entry.type, entry.if_none_exist), limit=2
+                try:
+                    existing = (
+                        svc.conditional_matches(entry.type, entry.if_none_exist)
+                        if entry.if_none_exist
+                        else []
                     )
-                    if entry.if_none_exist
-                    else []
-                )
-                if len(existing) > 1:
-                    raise _at(
-                        PreconditionFailed("ifNoneExist matches more than one resource"), entry
-                    )
+                except FhirError as exc:
+                    raise _at(exc, entry) from None
                 entry.assigned_id = existing[0].id if existing else new_id()
                 target = f"{entry.type}/{entry.assigned_id}"
             elif entry.method == "PUT" and entry.id:
                 target = f"{entry.type}/{entry.id}"
             elif entry.method == "PUT" and entry.criteria:
-                found = svc.repo.count_matches(
-                    svc.parser.parse(entry.type, entry.criteria), limit=2
-                )
+                try:
+                    found = svc.conditional_matches(entry.type, entry.criteria)
+                except FhirError as exc:
+                    raise _at(exc, entry) from None
                 if len(found) == 1:
                     target = f"{entry.type}/{found[0].id}"
                 elif not found:
@@ -248,7 +246,7 @@ class BundleProcessor:
 
     def _resolve_conditional(self, svc: ResourceService, reference: str) -> str:
         type_name, _, query = reference.partition("?")
-        found = svc.repo.count_matches(svc.parser.parse(type_name, parse_qsl(query)), limit=2)
+        found = svc.conditional_matches(type_name, parse_qsl(query))
         if len(found) != 1:
             raise PreconditionFailed(
                 f"Conditional reference '{reference}' matches {len(found) or 'no'} resources; "

@@ -204,7 +204,7 @@ class ResourceService:
         touch = self.audit.touch("create", type_name)
         resource = self._validated(type_name, body)
         if if_none_exist:
-            found = self._conditional_matches(type_name, if_none_exist)
+            found = self.conditional_matches(type_name, if_none_exist)
             if len(found) == 1:
                 touch.items.append(f"{type_name}/{found[0].id}")
                 return Written(200, found[0])
@@ -255,7 +255,7 @@ class ResourceService:
         touch = self.audit.touch("update", type_name)
         resource = self._validated(type_name, body)
         self._check_write(type_name, resource.get("id"), resource)
-        found = self._conditional_matches(type_name, criteria)
+        found = self.conditional_matches(type_name, criteria)
         if not found:
             if "id" in resource:
                 check_id(resource["id"])
@@ -296,7 +296,7 @@ class ResourceService:
         """FHIR conditional patch: PATCH [type]?criteria."""
         self._start("patch", type_name)
         touch = self.audit.touch("patch", type_name)
-        found = self._conditional_matches(type_name, criteria)
+        found = self.conditional_matches(type_name, criteria)
         if not found:
             raise NotFound(f"No {type_name} matches the criteria")
         self._check_version(found[0], if_match)
@@ -339,7 +339,7 @@ class ResourceService:
         """FHIR conditional delete (single): none matches -> no-op; several -> 412."""
         self._start("delete", type_name)
         touch = self.audit.touch("delete", type_name)
-        found = self._conditional_matches(type_name, criteria)
+        found = self.conditional_matches(type_name, criteria)
         if not found:
             return None
         current = self.repo.current(type_name, found[0].id)
@@ -348,7 +348,9 @@ class ResourceService:
         self._check_write(type_name, current.id, current.resource)
         return self.repo.delete(current)
 
-    def _conditional_matches(self, type_name: str, criteria: list[tuple[str, str]]) -> list[Stored]:
+    def conditional_matches(self, type_name: str, criteria: list[tuple[str, str]]) -> list[Stored]:
+        """The one match (or none) of conditional-interaction criteria, as this caller sees
+        them (narrowed and filtered by the policy); several matches are a 412."""
         if not criteria:
             raise Invalid("A conditional interaction needs search criteria")
         query = self.parser.parse(type_name, criteria)

@@ -221,42 +221,6 @@ class Repository:
         self._index(stored, resource)
         return stored
 
-    def create_many(self, resources: list[dict[str, Any]]) -> list[Stored]:
-        """Store new resources with server-assigned ids in one batched insert (in order)."""
-        if not resources:
-            return []
-        now = now_utc()
-        rows = []
-        for resource in resources:
-            resource_id = new_id()
-            rows.append(
-                {
-                    "resource_type": resource["resourceType"],
-                    "resource_id": resource_id,
-                    "version_id": 1,
-                    "last_updated": now,
-                    "deleted": False,
-                    "content": self.stamp(resource, resource_id, 1, now),
-                }
-            )
-        pks = (
-            self.session.execute(
-                insert(RESOURCE).returning(RESOURCE.c.pk, sort_by_parameter_order=True), rows
-            )
-            .scalars()
-            .all()
-        )
-        out = []
-        for pk, row, resource in zip(pks, rows, resources, strict=True):
-            stored = Stored(
-                pk, row["resource_type"], row["resource_id"], 1, now, False, row["content"], "POST"
-            )
-            self._written[(stored.type, stored.id)] = stored
-            self._write_version(stored)
-            self._index(stored, resource)
-            out.append(stored)
-        return out
-
     def update(self, current: Stored, resource: dict[str, Any]) -> Stored:
         """Write the next version of `current` (which may be a tombstone)."""
         now = max(now_utc(), current.last_updated)
