@@ -131,6 +131,8 @@ def _audit_verify(settings: Settings, _args: argparse.Namespace) -> int:
     from app.storage.db import transaction
 
     rt = _runtime(settings)
+    with transaction(rt.sessions, write=True) as session:
+        rt.trail.seal(session)
     with transaction(rt.sessions) as session:
         problems = rt.trail.verify(session)
     rt.engine.dispose()
@@ -152,6 +154,8 @@ def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     count = 0
     try:
+        with transaction(rt.sessions, write=True) as session:
+            rt.trail.seal(session)
         with transaction(rt.sessions) as session:
             for line in rt.trail.export(session, since, until):
                 out.write(line + "\n")

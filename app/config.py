@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         default=False,
         description="Wait for the disk when committing a read's audit record (PostgreSQL)",
     )
+    audit_seal_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between passes linking new audit records into the hash chain",
+    )
     audit_retention_days: int = Field(default=730, ge=1)
     audit_key: str | None = Field(
         default=None, description="MAC key of the audit hash chain (required in production)"

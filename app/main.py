@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -9,6 +11,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.api import errors, fhir, system
 from app.api.middleware import RequestId
+from app.audit.sealer import Sealer
 from app.config import Settings, get_settings
 from app.services.runtime import Runtime
 
@@ -20,7 +23,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A RIX application for `settings` (from the environment when omitted)."""
     settings = settings or get_settings()
     rt = Runtime.build(settings)
-    app = FastAPI(title="RIX", version=__version__, description=DESCRIPTION)
+    sealer = Sealer(rt.sessions, rt.trail, settings.audit_seal_interval)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sealer.start()
+        try:
+            yield
+        finally:
+            sealer.stop()
+
+    app = FastAPI(title="RIX", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.rix = rt
     errors.install(app)
     system.install(app, settings)

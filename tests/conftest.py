@@ -90,8 +90,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    """Test settings on the parametrised database."""
-    return Settings(env="test", database_url=database_url, data_dir=tmp_path / "data")
+    """Test settings on the parametrised database. Audit records are sealed into the chain
+    when a test says so (or a search, verify or shutdown does), not by the clock."""
+    return Settings(
+        env="test", database_url=database_url, data_dir=tmp_path / "data", audit_seal_interval=60
+    )
 
 
 Token = Callable[..., dict[str, str]]

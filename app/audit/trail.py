@@ -13,9 +13,10 @@ import hmac
 import secrets
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import TextClause, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from app.auth.keys import create_secret_file
@@ -26,6 +27,7 @@ from app.storage.tables import (
     AUDIT_CHAIN,
     AUDIT_HEAD,
     AUDIT_INDEX,
+    AUDIT_PENDING,
     INDEX_TABLES,
     RESOURCE,
     VERSION,
@@ -58,26 +60,29 @@ class AuditTrail:
     def __init__(self, key: bytes) -> None:
         self.key = key
 
-    def append(self, repo: Repository, events: list[dict[str, Any]]) -> list[Stored]:
+    def append(
+        self, repo: Repository, events: list[dict[str, Any]], *, durable: bool = True
+    ) -> list[Stored]:
         """Store `events` in the caller's transaction: a write and its record commit together.
 
-        Four statements whatever the number of events: lock the head, insert the records,
-        insert their links, move the head. Search-index rows come later (`catch_up`).
+        `durable=False` (a read's records) lets the commit return before the WAL reaches the
+        disk (PostgreSQL's `synchronous_commit = off`, this transaction only): the record is
+        committed and visible to every process before the response leaves, and on disk within
+        the WAL writer's delay (200 ms by default); only a database crash inside that window
+        could lose it. Data writes never use it; SQLite (WAL, synchronous=NORMAL) always
+        commits this way.
+
+        One statement on PostgreSQL (the records and their pending marks), no lock: the chain
+        links are added by `seal`, in commit order, moments later. Search-index rows come
+        later still (`catch_up`).
         """
         if not events:
             return []
         session = repo.session
-        head = self._lock_head(session)
-        seq, previous = head["last_seq"], head["last_mac"]
         now = now_utc()
-        rows: list[dict[str, Any]] = []
-        links: list[dict[str, Any]] = []
+        rows = []
         for event in events:
             resource_id = new_id()
-            content = Repository.stamp(event, resource_id, 1, now)
-            seq += 1
-            mac = link_mac(self.key, seq, previous, content)
-            previous = mac
             rows.append(
                 {
                     "resource_type": "AuditEvent",
@@ -85,36 +90,81 @@ class AuditTrail:
                     "version_id": 1,
                     "last_updated": now,
                     "deleted": False,
-                    "content": content,
+                    "content": Repository.stamp(event, resource_id, 1, now),
                 }
             )
-            links.append({"seq": seq, "recorded": now, "mac": mac})
-        pks = (
+        if session.get_bind().dialect.name == "postgresql":
+            params: dict[str, Any] = {"now": now}
+            for i, row in enumerate(rows):
+                params[f"id{i}"], params[f"c{i}"] = row["resource_id"], row["content"]
+            statement = _append_statement(len(rows), durable)
+            pks = sorted(session.execute(statement, params).scalars().all())
+        else:
+            stored = insert(RESOURCE).returning(RESOURCE.c.pk, sort_by_parameter_order=True)
+            pks = list(session.execute(stored, rows).scalars().all())
             session.execute(
-                insert(RESOURCE).returning(RESOURCE.c.pk, sort_by_parameter_order=True), rows
+                insert(AUDIT_PENDING), [{"resource_pk": pk, "recorded": now} for pk in pks]
             )
-            .scalars()
-            .all()
-        )
-        session.execute(
-            insert(AUDIT_CHAIN),
-            [{**link, "resource_pk": pk} for link, pk in zip(links, pks, strict=True)],
-        )
-        session.execute(
-            update(AUDIT_HEAD).where(AUDIT_HEAD.c.id == 1).values(last_seq=seq, last_mac=previous)
-        )
         return [
             Stored(pk, "AuditEvent", str(row["resource_id"]), 1, now, False, str(row["content"]))
             for pk, row in zip(pks, rows, strict=True)
         ]
 
+    @staticmethod
+    def pending(session: Session) -> bool:
+        """True when some committed record awaits its seal."""
+        return session.execute(select(AUDIT_PENDING.c.resource_pk).limit(1)).first() is not None
+
+    def seal(self, session: Session, batch: int = 2000) -> int:
+        """Link every committed pending record into the chain; returns how many.
+
+        Sealers of every process queue on the head lock, so the chain has one order: the order
+        in which records were sealed.
+        """
+        if not self.pending(session):
+            return 0
+        head = self._lock_head(session)
+        seq, previous = head["last_seq"], head["last_mac"]
+        total = 0
+        while True:
+            pending = session.execute(
+                select(AUDIT_PENDING.c.resource_pk, AUDIT_PENDING.c.recorded, RESOURCE.c.content)
+                .select_from(
+                    # A record removed before its seal is still linked (with no content), so
+                    # that `verify` reports it.
+                    AUDIT_PENDING.outerjoin(RESOURCE, RESOURCE.c.pk == AUDIT_PENDING.c.resource_pk)
+                )
+                .order_by(AUDIT_PENDING.c.resource_pk)
+                .limit(batch)
+            ).all()
+            if not pending:
+                break
+            links = []
+            for row in pending:
+                seq += 1
+                previous = link_mac(self.key, seq, previous, row.content or "")
+                link = {"seq": seq, "resource_pk": row.resource_pk, "recorded": row.recorded}
+                links.append({**link, "mac": previous})
+            session.execute(insert(AUDIT_CHAIN), links)
+            done = [row.resource_pk for row in pending]
+            session.execute(delete(AUDIT_PENDING).where(AUDIT_PENDING.c.resource_pk.in_(done)))
+            total += len(pending)
+            if len(pending) < batch:
+                break
+        session.execute(
+            update(AUDIT_HEAD).where(AUDIT_HEAD.c.id == 1).values(last_seq=seq, last_mac=previous)
+        )
+        return total
+
     def catch_up(self, repo: Repository) -> int:
         """Index the records appended since the last catch-up; returns how many.
 
-        Appends commit in chain order (they hold the head lock until commit), so every link up
-        to the committed head is there to index.
+        Seals first, so a search sees every committed record. Seals commit in chain order
+        (they hold the head lock until commit), so every link up to the committed head is
+        there to index.
         """
         session = repo.session
+        self.seal(session)
         query = select(AUDIT_INDEX.c.indexed_seq).where(AUDIT_INDEX.c.id == 1)
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update()
@@ -202,6 +252,7 @@ class AuditTrail:
             .where(
                 RESOURCE.c.resource_type == "AuditEvent",
                 RESOURCE.c.pk.not_in(select(AUDIT_CHAIN.c.resource_pk)),
+                RESOURCE.c.pk.not_in(select(AUDIT_PENDING.c.resource_pk)),
             )
         ).scalar_one()
         if unchained:
@@ -261,6 +312,22 @@ class AuditTrail:
             query = query.where(AUDIT_CHAIN.c.recorded < until)
         for (content,) in session.execute(query.execution_options(yield_per=500)):
             yield content
+
+
+@lru_cache(maxsize=32)
+def _append_statement(n: int, durable: bool) -> TextClause:
+    """PostgreSQL: store n records and mark them pending in one round trip (a data-modifying
+    CTE), as plain SQL text so the statement is built once per n; pk order is list order.
+    Not durable: the same round trip relaxes the transaction's commit."""
+    values = ", ".join(f"('AuditEvent', :id{i}, 1, :now, false, :c{i})" for i in range(n))
+    relax = "" if durable else ", (SELECT set_config('synchronous_commit', 'off', true)) AS r"
+    return text(
+        "WITH records AS (INSERT INTO resource"
+        " (resource_type, resource_id, version_id, last_updated, deleted, content)"
+        f" VALUES {values} RETURNING pk)"
+        f" INSERT INTO audit_pending (resource_pk, recorded) SELECT pk, :now FROM records{relax}"
+        " RETURNING resource_pk"
+    )
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

@@ -1,4 +1,5 @@
-"""Identifier systems (NamingSystems) RIX uses for sites, PACS emitters and site namespaces."""
+"""Identifier systems (NamingSystems) and extensions RIX uses for sites, their PACS endpoints,
+their patient-identifier namespaces, and identity vigilance."""
 
 from __future__ import annotations
 
@@ -6,10 +7,27 @@ from app.fhir.bundles import RIX_CANONICAL
 
 SITE_ID_SYSTEM = f"{RIX_CANONICAL}/sid/site-id"
 EMITTER_SYSTEM = f"{RIX_CANONICAL}/sid/emitter"
-INS_NIR = "urn:oid:1.2.250.1.213.1.4.8"
+AE_TITLE_SYSTEM = f"{RIX_CANONICAL}/sid/ae-title"
+# Organization.identifier whose value is the URI of the site's patient-identifier namespace.
+NAMESPACE_SYSTEM = f"{RIX_CANONICAL}/sid/patient-id-namespace"
+ENDPOINT_TIMEOUT_URL = f"{RIX_CANONICAL}/StructureDefinition/endpoint-timeout"
+ENDPOINT_CREDENTIALS_URL = f"{RIX_CANONICAL}/StructureDefinition/endpoint-credentials-ref"
 IPP_PREFIX = f"{RIX_CANONICAL}/sid/ipp/"
+
+# INS (Identifiant National de Santé): production NIR-based OID, test and demo OIDs.
+INS_NIR = "urn:oid:1.2.250.1.213.1.4.8"
+INS_TEST = "urn:oid:1.2.250.1.213.1.4.10"
+INS_DEMO = "urn:oid:1.2.250.1.213.1.4.11"
+INS_SYSTEMS = frozenset({INS_NIR, INS_TEST, INS_DEMO})
+# FR Core identity reliability (the INS identity status: PROV, VALI, RECUP, QUAL...).
+IDENTITY_RELIABILITY_URL = (
+    "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
+)
+IDENTITY_TASK_SYSTEM = f"{RIX_CANONICAL}/CodeSystem/identity-task"
+IDENTITY_FLAG_SYSTEM = f"{RIX_CANONICAL}/CodeSystem/identity-flag"
 
 
 def ipp_system(site_id: str) -> str:
-    """The namespace of a site's local patient identifiers (IPP)."""
+    """The default namespace of a site's local patient identifiers (IPP), used when the site
+    registry does not declare one."""
     return f"{IPP_PREFIX}{site_id}"

@@ -22,7 +22,7 @@ from app.fhir.search import SearchParser
 from app.policy.principal import SYSTEM, Principal
 from app.policy.seam import Policy
 from app.services.resources import Access, ResourceService
-from app.storage.db import make_engine, relax_commit, session_factory, transaction
+from app.storage.db import make_engine, session_factory, transaction
 from app.storage.repository import Repository
 
 
@@ -82,12 +82,11 @@ class Runtime:
         try:
             # With audit on, every unit writes (its own record), so it starts as a writer.
             with transaction(self.sessions, write=write or self.settings.audit) as session:
-                if not write and not self.settings.audit_sync_reads:
-                    relax_commit(session)
                 repo = Repository(session, self.registry, base_url)
                 access = Access(principal, self.policy, recorder, self.trail)
                 yield ResourceService(repo, self.registry, self.parser, access)
-                self.trail.append(repo, recorder.success_events())
+                durable = write or self.settings.audit_sync_reads
+                self.trail.append(repo, recorder.success_events(), durable=durable)
         except FhirError as exc:
             self._append(recorder.failure_events(exc))
             raise

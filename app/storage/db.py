@@ -101,16 +101,3 @@ def ping(engine: Engine) -> None:
     """Raise if the database cannot answer a trivial query."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-
-
-def relax_commit(session: Session) -> None:
-    """Let this transaction's commit return before its WAL reaches the disk (PostgreSQL's
-    `synchronous_commit = off`, this transaction only).
-
-    Used for reads, whose only writes are their audit records: the record is committed and
-    visible to every process before the response leaves, and on disk within the WAL writer's
-    delay (200 ms by default); only a database crash inside that window could lose it. Data
-    writes never use it. SQLite (WAL, synchronous=NORMAL) already commits this way.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL synchronous_commit = off"))

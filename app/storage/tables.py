@@ -200,6 +200,20 @@ class AuditChainRow(SQLModel, table=True):
     mac: str = Field(max_length=64)
 
 
+class AuditPendingRow(SQLModel, table=True):
+    """AuditEvents committed but not yet linked into the chain.
+
+    A request stores its records here in one statement and never waits for the chain's lock;
+    the sealer (every process, every RIX_AUDIT_SEAL_INTERVAL seconds, and before any audit
+    search, verification or export) links them in commit order.
+    """
+
+    __tablename__ = "audit_pending"
+
+    resource_pk: int = Field(sa_column=Column(_BIGINT, primary_key=True, autoincrement=False))
+    recorded: datetime = Field(sa_column=_utc())
+
+
 class AuditHeadRow(SQLModel, table=True):
     """The chain's single head row: last link, and the anchor left by retention purges.
 
@@ -238,6 +252,7 @@ RESOURCE = table_of(ResourceRow)
 VERSION = table_of(ResourceVersionRow)
 AUDIT_CHAIN = table_of(AuditChainRow)
 AUDIT_HEAD = table_of(AuditHeadRow)
+AUDIT_PENDING = table_of(AuditPendingRow)
 AUDIT_INDEX = table_of(AuditIndexRow)
 # Index tables by search-parameter type.
 INDEX_TABLES: dict[str, Table] = {

@@ -11,10 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, delete, func, select, text, update
 
+from app.audit.sealer import Sealer
 from app.cli import main
 from app.config import Settings
 from app.fhir.values import now_utc
-from app.storage.tables import AUDIT_CHAIN, RESOURCE
+from app.storage.tables import AUDIT_CHAIN, AUDIT_PENDING, RESOURCE
 
 
 @pytest.fixture
@@ -23,7 +24,14 @@ def audited(client: TestClient) -> TestClient:
     for family in ("Martin", "Durand", "Petit"):
         client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]})
     client.get("/fhir/Patient")
+    _seal(client)
     return client
+
+
+def _seal(client: TestClient) -> int:
+    """What the background sealer does every RIX_AUDIT_SEAL_INTERVAL seconds."""
+    rt = client.app.state.rix  # type: ignore[attr-defined]
+    return Sealer(rt.sessions, rt.trail, 1.0).seal_once()
 
 
 def _cli(settings: Settings, *args: str, monkeypatch: pytest.MonkeyPatch) -> int:
@@ -174,3 +182,35 @@ def test_export_writes_ndjson(
         == 0
     )
     assert future.read_text("utf-8") == ""
+
+
+def test_the_sealer_links_new_records_in_the_background(settings: Settings) -> None:
+    from app.main import create_app
+
+    fast = settings.model_copy(update={"audit_seal_interval": 0.05})
+    with TestClient(create_app(fast)) as client:
+        client.get("/fhir/Patient")
+        engine = _engine(settings)
+        deadline = now_utc() + timedelta(seconds=10)
+        with engine.connect() as conn:
+            while conn.execute(select(func.count()).select_from(AUDIT_PENDING)).scalar_one():
+                assert now_utc() < deadline, "pending audit records were never sealed"
+                conn.rollback()
+            assert conn.execute(select(func.count()).select_from(AUDIT_CHAIN)).scalar_one() > 0
+        engine.dispose()
+
+
+def test_record_removed_before_its_seal_is_caught(
+    client: TestClient,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client.get("/fhir/Patient")
+    engine = _engine(settings)
+    with engine.begin() as conn:
+        pk = conn.execute(select(AUDIT_PENDING.c.resource_pk).limit(1)).scalar_one()
+        conn.execute(delete(RESOURCE).where(RESOURCE.c.pk == pk))
+    engine.dispose()
+    assert _cli(settings, "audit", "verify", monkeypatch=monkeypatch) == 1
+    assert "removed" in capsys.readouterr().out
