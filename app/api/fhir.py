@@ -404,6 +404,11 @@ def build_router(rt: Runtime) -> tuple[APIRouter, APIRouter]:
         responses=ok,
         response_class=Response,
     )
+    # Operations first: `/Patient/{id}` would take `$ihe-pix` for an id. (Imported here:
+    # the operations module builds on this one's helpers.)
+    from app.api.operations import add_operations
+
+    add_operations(router, ok, _JSON_BODY)
     for type_name in rt.registry.names():
         handlers = Interactions(type_name)
         supported = rt.registry.get(type_name).interactions

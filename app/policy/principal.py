@@ -7,7 +7,17 @@ from typing import Any
 
 from app.errors import Unauthorized
 
-ROLES = ("admin", "site-system", "radiologist", "clinician", "gp", "registry", "dpo", "patient")
+ROLES = (
+    "admin",
+    "identity-officer",
+    "site-system",
+    "radiologist",
+    "clinician",
+    "gp",
+    "registry",
+    "dpo",
+    "patient",
+)
 PURPOSES = ("TREAT", "ETREAT", "BTG", "HPAYMT", "HOPERAT", "PATRQT", "PUBHLTH", "SYSADMIN")
 
 

@@ -12,6 +12,13 @@ _CLINICAL_DATA = ("ServiceRequest", "ImagingStudy", "DocumentReference", "List",
 
 MATRIX: dict[str, dict[str, str]] = {
     "admin": {"*": ALL, "AuditEvent": READ},
+    # Identity vigilance: reviews suspected duplicates (Task), links and unlinks records.
+    "identity-officer": {
+        "Organization": READ,
+        "Endpoint": READ,
+        "Patient": READ,
+        "Task": "rus",
+    },
     "site-system": {
         "Organization": READ,
         "Endpoint": READ,

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import Forbidden
 from app.fhir.fhirpath import reference_type
-from app.fhir.naming import IPP_PREFIX, ipp_system
+from app.fhir.naming import IPP_PREFIX
 from app.fhir.registry import Registry
 from app.fhir.search import SearchParser, SearchQuery
 from app.policy.principal import Principal
@@ -26,6 +26,34 @@ from app.policy.scopes import LETTER, scope_allows
 
 # Looks a Patient up by its logical id (None when unknown or deleted).
 PatientLookup = Callable[[str], dict[str, Any] | None]
+
+# Roles that see patients only where a care relationship exists (here: the patient is known
+# at the caller's organisation; consent and break-glass refine it in the consent issue).
+CLINICAL_ROLES = frozenset({"radiologist", "clinician", "gp"})
+# Who may take identity-vigilance decisions and use the cross-reference (PIXm) and matching.
+IDENTITY_OPERATORS = frozenset({"admin", "identity-officer"})
+OPERATIONS: dict[str, frozenset[str]] = {
+    "link": IDENTITY_OPERATORS,
+    "unlink": IDENTITY_OPERATORS,
+    "ihe-pix": IDENTITY_OPERATORS | {"site-system"} | CLINICAL_ROLES,
+    "match": IDENTITY_OPERATORS | {"site-system"} | CLINICAL_ROLES,
+}
+
+
+class Facts(Protocol):
+    """What decisions need to know from the data, looked up for one request."""
+
+    def site_namespaces(self, site_id: str) -> set[str]:
+        """The patient-identifier namespaces of a site (site registry)."""
+        ...
+
+    def registered_namespaces(self) -> set[str]:
+        """Every site's declared patient-identifier namespace."""
+        ...
+
+    def known_in(self, patient_id: str, namespaces: set[str]) -> bool:
+        """True when the person of this Patient record has a record in these namespaces."""
+        ...
 
 
 @dataclass
@@ -52,6 +80,11 @@ class Policy:
             if type_name != "Patient" and self.registry.get(type_name).param("patient") is None:
                 raise Forbidden(f"{type_name} is not available to patients")
 
+    def start_operation(self, principal: Principal, name: str) -> None:
+        """Refuse (403) an operation (`$link`, `$ihe-pix`...) the caller's role does not have."""
+        if principal.role not in OPERATIONS.get(name, frozenset()):
+            raise Forbidden(f"Role '{principal.role}' may not use ${name}")
+
     # -- narrow ---------------------------------------------------------------------------------
 
     def narrow(self, principal: Principal, query: SearchQuery) -> None:
@@ -70,12 +103,19 @@ class Policy:
         type_name: str,
         resource_id: str,
         resource: Callable[[], dict[str, Any]],
+        facts: Facts,
     ) -> bool:
         """True when this item may leave the server for this caller (`resource` is read only
         when the decision needs the content)."""
-        if principal.role != "patient":
-            return True
-        return principal.patient in self.patients_of(type_name, resource_id, resource())
+        if principal.role == "patient":
+            return principal.patient in self.patients_of(type_name, resource_id, resource())
+        if principal.role in CLINICAL_ROLES and type_name == "Patient":
+            # Demographics (PDQm) only of patients known at the caller's organisation.
+            if not principal.organization_id:
+                return False
+            own = facts.site_namespaces(principal.organization_id)
+            return facts.known_in(resource_id, own)
+        return True
 
     def patients_of(self, type_name: str, resource_id: str, resource: dict[str, Any]) -> set[str]:
         """Logical ids of the patients a resource is about (by its `patient` search parameter)."""
@@ -100,35 +140,42 @@ class Policy:
         resource_id: str | None,
         resource: dict[str, Any],
         patients: PatientLookup,
+        facts: Facts,
     ) -> None:
         """A site system writes only in its own site's patient-identifier namespace."""
         if principal.role != "site-system":
             return
         if not principal.organization_id:
             raise Forbidden("A site-system token must name its organisation (site id)")
-        own = ipp_system(principal.organization_id)
+        own = facts.site_namespaces(principal.organization_id)
         if type_name == "Patient":
-            _check_patient_namespaces(resource, own)
+            _check_patient_namespaces(resource, own, facts.registered_namespaces())
             return
         for pid in self.patients_of(type_name, resource_id or "", resource):
             patient = patients(pid)
             if patient is None:
                 continue  # a dangling reference is the client's business; nothing to protect
-            if not any(i.get("system") == own for i in patient.get("identifier", [])):
+            if not any(i.get("system") in own for i in patient.get("identifier", [])):
                 raise Forbidden(
-                    f"Patient/{pid} is not known in your site's namespace ({own}); "
-                    "a site may only register data for its own patients"
+                    f"Patient/{pid} is not known in your site's namespace "
+                    f"({', '.join(sorted(own))}); a site may only register data for its own "
+                    "patients"
                 )
 
 
-def _check_patient_namespaces(resource: dict[str, Any], own: str) -> None:
+def _check_patient_namespaces(resource: dict[str, Any], own: set[str], sites: set[str]) -> None:
     systems = {i.get("system") for i in resource.get("identifier", []) if isinstance(i, dict)}
     foreign = sorted(
-        s for s in systems if isinstance(s, str) and s.startswith(IPP_PREFIX) and s != own
+        s
+        for s in systems
+        if isinstance(s, str) and (s.startswith(IPP_PREFIX) or s in sites) and s not in own
     )
     if foreign:
         raise Forbidden(
             f"A site may not write identifiers in another site's namespace ({', '.join(foreign)})"
         )
-    if own not in systems:
-        raise Forbidden(f"A Patient written by a site must carry an identifier in {own}")
+    if not own & systems:
+        raise Forbidden(
+            "A Patient written by a site must carry an identifier in its namespace "
+            f"({', '.join(sorted(own))})"
+        )

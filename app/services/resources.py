@@ -4,6 +4,7 @@ their conditional forms, search and history (FHIR R4 http.html), over the reposi
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -23,12 +24,14 @@ from app.errors import (
     PreconditionFailed,
     Unprocessable,
 )
-from app.fhir import models
+from app.fhir import jsonio, models
 from app.fhir.registry import Registry
 from app.fhir.search import SearchParser, SearchQuery, parse_int
 from app.fhir.values import parse_search_date
+from app.identity.vigilance import Vigilance
 from app.policy.principal import Principal
 from app.policy.seam import Policy
+from app.services.facts import RequestFacts
 from app.storage.repository import Repository, Stored
 
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -101,6 +104,10 @@ class ResourceService:
         self.principal = access.principal
         self.policy = access.policy
         self.audit = access.audit
+        author = f"{self.principal.name} ({self.principal.subject})"
+        self.identity = Vigilance(repo, author)
+        repo.listeners.append(self.identity.on_write)
+        self.facts = RequestFacts(repo, self.identity)
 
     def _start(self, interaction: str, type_name: str) -> None:
         if type_name != "*":  # "*": a system-level interaction (history-system), no one type
@@ -110,7 +117,7 @@ class ResourceService:
                 raise MethodNotAllowed(f"{type_name} does not support {interaction}")
         self.policy.start(self.principal, interaction, type_name)
 
-    def _visible(self, stored: Stored) -> bool:
+    def visible(self, stored: Stored) -> bool:
         """can_see for a stored version; a tombstone is judged by its last content."""
 
         def content() -> dict[str, Any]:
@@ -119,7 +126,17 @@ class ResourceService:
             previous = self.repo.version(stored.type, stored.id, stored.version - 1)
             return previous.resource if previous and previous.content else {}
 
-        return self.policy.can_see(self.principal, stored.type, stored.id, content)
+        return self.policy.can_see(self.principal, stored.type, stored.id, content, self.facts)
+
+    def shown(self, stored: Stored) -> Stored:
+        """A current Patient as it leaves: with its person's other records and identity flags
+        (computed, so a link or unlink shows at once; the stored version is untouched)."""
+        if stored.type == "Patient" and stored.content is not None and not stored.deleted:
+            shown = copy.deepcopy(stored.resource)
+            if self.identity.decorate(stored.id, shown):
+                stored = dataclasses.replace(stored, content=jsonio.dumps(shown))
+                stored.__dict__["resource"] = shown
+        return stored
 
     def _patients(self, stored: Stored) -> set[str]:
         if stored.content is None:
@@ -134,7 +151,7 @@ class ResourceService:
         self, type_name: str, resource_id: str | None, resource: dict[str, Any]
     ) -> None:
         self.policy.check_write(
-            self.principal, type_name, resource_id, resource, self._patient_lookup
+            self.principal, type_name, resource_id, resource, self._patient_lookup, self.facts
         )
 
     # -- reads --------------------------------------------------------------------------------
@@ -143,11 +160,11 @@ class ResourceService:
         """FHIR read: the current version; 404 if unknown or hidden, 410 if deleted."""
         self._start("read", type_name)
         touch = self.audit.touch("read", type_name, items=[f"{type_name}/{resource_id}"])
-        return self._current_visible(type_name, resource_id, touch.patients)
+        return self.shown(self._current_visible(type_name, resource_id, touch.patients))
 
     def _current_visible(self, type_name: str, resource_id: str, patients: set[str]) -> Stored:
         stored = self.repo.current(type_name, resource_id)
-        if stored is None or not self._visible(stored):
+        if stored is None or not self.visible(stored):
             raise NotFound(f"{type_name}/{resource_id} is not known")
         if stored.deleted:
             raise Gone(f"{type_name}/{resource_id} has been deleted")
@@ -160,10 +177,10 @@ class ResourceService:
         ref = f"{type_name}/{resource_id}/_history/{version}"
         touch = self.audit.touch("vread", type_name, items=[ref])
         current = self.repo.current(type_name, resource_id)
-        if current is None or not self._visible(current) or not version.isdigit():
+        if current is None or not self.visible(current) or not version.isdigit():
             raise NotFound(f"{type_name}/{resource_id} has no version {version}")
         stored = self.repo.version(type_name, resource_id, int(version))
-        if stored is None or not self._visible(stored):
+        if stored is None or not self.visible(stored):
             raise NotFound(f"{type_name}/{resource_id} has no version {version}")
         if stored.deleted:
             raise Gone(f"Version {version} of {type_name}/{resource_id} is a deletion")
@@ -227,7 +244,7 @@ class ResourceService:
         resource = self._validated(type_name, body, resource_id)
         self._check_write(type_name, resource_id, resource)
         current = self.repo.current(type_name, resource_id)
-        if current is not None and not self._visible(current):
+        if current is not None and not self.visible(current):
             raise Forbidden(f"{type_name}/{resource_id} cannot be written by this caller")
         if current is None:
             if if_match is not None:
@@ -326,7 +343,7 @@ class ResourceService:
         self._start("delete", type_name)
         touch = self.audit.touch("delete", type_name, items=[f"{type_name}/{resource_id}"])
         current = self.repo.current(type_name, resource_id)
-        if current is None or not self._visible(current):
+        if current is None or not self.visible(current):
             raise NotFound(f"{type_name}/{resource_id} is not known")
         if current.deleted:
             return None
@@ -357,7 +374,7 @@ class ResourceService:
         if not query.criteria:
             raise Invalid("A conditional interaction needs at least one search criterion")
         self.policy.narrow(self.principal, query)
-        found = [s for s in self.repo.count_matches(query, limit=2) if self._visible(s)]
+        found = [s for s in self.repo.count_matches(query, limit=2) if self.visible(s)]
         if len(found) > 1:
             raise PreconditionFailed(
                 f"The criteria match more than one {type_name}; make them more selective"
@@ -386,20 +403,57 @@ class ResourceService:
         touch = self.audit.touch("search-type", type_name, query=f"{type_name}?{urlencode(pairs)}")
         query = self.parser.parse(type_name, pairs, lenient=lenient)
         self.policy.narrow(self.principal, query)
+        self._expand_persons(query)
         if type_name == "AuditEvent":  # records are indexed after the fact: catch up first
             self.access.trail.catch_up(self.repo)
         if query.snapshot is None:
             query.snapshot = self.repo.max_pk()
         found, total = self.repo.search(query)
-        matches = [s for s in found if self._visible(s)]
-        included = [s for s in self._included(query, matches) if self._visible(s)]
+        matches = [s for s in found if self.visible(s)]
+        included = [s for s in self._included(query, matches) if self.visible(s)]
         if len(matches) != len(found):
             total = None
         for stored in (*matches, *included):
             touch.add(
                 f"{stored.type}/{stored.id}/_history/{stored.version}", self._patients(stored)
             )
+        matches = [self.shown(s) for s in matches]
+        included = [self.shown(s) for s in included]
         return SearchResult(query, matches, total, included)
+
+    def _expand_persons(self, query: SearchQuery) -> None:
+        """The priors of a person are the data of all the person's linked records (PIXm):
+        `patient`/`subject` criteria naming a Patient (`Patient/id`, or a chained
+        `patient.identifier`) are widened to every record of that person."""
+        if query.type == "Patient":
+            return
+        for i, c in enumerate(query.criteria):
+            if c.param.code not in ("patient", "subject") or c.has is not None or c.modifier:
+                continue
+            ids: set[str] = set()
+            if c.chain is not None:
+                if c.target_type != "Patient" or c.chain.param.code != "identifier":
+                    continue
+                if c.chain.modifier or c.chain.chain is not None:
+                    continue
+                for value in c.chain.values:
+                    system, _, code = value.raw.rpartition("|")
+                    found = self.repo.by_identifier("Patient", system or None, code)
+                    ids |= {s.id for s in found}
+            else:
+                for value in c.values:
+                    raw = value.raw
+                    if raw.startswith("Patient/") and raw.count("/") == 1:
+                        ids.add(raw.split("/")[1])
+                    elif "/" not in raw and ":" not in raw and c.target_type in (None, "Patient"):
+                        ids.add(raw)
+            if not ids:
+                continue
+            members = self.identity.members(ids)
+            if c.chain is None and members == ids:
+                continue
+            refs = ",".join(f"Patient/{m}" for m in sorted(members))
+            query.criteria[i] = self.parser.parse(query.type, [(c.param.code, refs)]).criteria[0]
 
     def _included(self, query: SearchQuery, matches: list[Stored]) -> list[Stored]:
         limit = self.parser.max_include
@@ -442,7 +496,7 @@ class ResourceService:
         touch = self.audit.touch(interaction, type_name, query=urlencode(pairs))
         if resource_id and type_name:
             current = self.repo.current(type_name, resource_id)
-            if current is None or not self._visible(current):
+            if current is None or not self.visible(current):
                 raise NotFound(f"{type_name}/{resource_id} is not known")
             touch.items.append(f"{type_name}/{resource_id}")
         count, offset, snapshot, since = self.parser.default_count, 0, None, None
@@ -468,7 +522,7 @@ class ResourceService:
             offset=offset,
         )
         if not resource_id:
-            visible = [e for e in entries if self._visible(e)]
+            visible = [e for e in entries if self.visible(e)]
             if len(visible) != len(entries):
                 raise Forbidden("This history contains items you may not see; search instead")
         for entry in entries:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -110,6 +111,8 @@ class Repository:
         self.compiler = Compiler(base_url)
         self._pending: dict[Table, list[dict[str, Any]]] = {}
         self._written: dict[tuple[str, str], Stored] = {}
+        # Called with every version this repository writes (identity vigilance listens).
+        self.listeners: list[Callable[[Stored], None]] = []
         event.listen(session, "before_commit", self._before_commit)
 
     def flush(self) -> None:
@@ -173,6 +176,37 @@ class Repository:
         ).all()
         return [self._stored(row) for row in rows]
 
+    def by_identifier(self, type_name: str, system: str | None, value: str) -> list[Stored]:
+        """The live resources of a type carrying the identifier `system|value` (any system
+        when None), found through the token index."""
+        self.flush()
+        token = INDEX_TABLES["token"]
+        match = select(token.c.resource_pk).where(
+            token.c.resource_type == type_name,
+            token.c.param == "identifier",
+            token.c.code == value,
+            *([token.c.system == system] if system is not None else []),
+        )
+        rows = self.session.execute(
+            select(RESOURCE).where(RESOURCE.c.pk.in_(match), RESOURCE.c.deleted == false())
+        ).all()
+        return [self._stored(row) for row in rows]
+
+    def has_identifier_system(self, type_name: str, system: str) -> bool:
+        """True when some resource of the type was indexed with an identifier in `system`."""
+        self.flush()
+        token = INDEX_TABLES["token"]
+        found = self.session.execute(
+            select(token.c.resource_pk)
+            .where(
+                token.c.resource_type == type_name,
+                token.c.param == "identifier",
+                token.c.system == system,
+            )
+            .limit(1)
+        ).first()
+        return found is not None
+
     # -- writes -------------------------------------------------------------------------------
 
     def create(
@@ -219,7 +253,12 @@ class Repository:
         self._written[(type_name, resource_id)] = stored
         self._write_version(stored)
         self._index(stored, resource)
+        self._notify(stored)
         return stored
+
+    def _notify(self, stored: Stored) -> None:
+        for listener in self.listeners:
+            listener(stored)
 
     def update(self, current: Stored, resource: dict[str, Any]) -> Stored:
         """Write the next version of `current` (which may be a tombstone)."""
@@ -232,6 +271,7 @@ class Repository:
         self._write_version(stored)
         self._clear_index(current.pk)
         self._index(stored, resource)
+        self._notify(stored)
         return stored
 
     def delete(self, current: Stored) -> Stored:
@@ -243,6 +283,7 @@ class Repository:
         self._written[(stored.type, stored.id)] = stored
         self._write_version(stored)
         self._clear_index(current.pk)
+        self._notify(stored)
         return stored
 
     def _advance(

@@ -91,6 +91,8 @@ class TokenIndex(SQLModel, table=True):
     __table_args__ = (
         Index("ix_sp_token_code", "resource_type", "param", "code", "system"),
         Index("ix_sp_token_res", "resource_pk"),
+        # Which identifier domains exist (PIXm: an unknown domain is an error, not "no match").
+        Index("ix_sp_token_system", "resource_type", "param", "system"),
     )
 
     id: int | None = Field(default=None, sa_column=_pk())
@@ -243,6 +245,37 @@ class AuditIndexRow(SQLModel, table=True):
     indexed_seq: int = Field(default=0, sa_column=Column(_BIGINT, nullable=False))
 
 
+class IdentityRecordRow(SQLModel, table=True):
+    """Identity vigilance: one row per live Patient record, with what matching compares and
+    the person it belongs to (`person_id`: the component of its links)."""
+
+    __tablename__ = "identity_record"
+
+    patient_id: str = Field(primary_key=True, max_length=64)
+    person_id: str = Field(max_length=64, index=True)
+    birth_date: str | None = Field(default=None, max_length=10, index=True)
+    names: str = Field(default="", max_length=2000)
+    ins: str | None = Field(default=None, max_length=200, index=True)
+    ins_trusted: bool = False
+    systems: str = Field(default="", max_length=4000)
+    homonym: bool = False
+
+
+class IdentityLinkRow(SQLModel, table=True):
+    """A decision about two records (`a` < `b`): `linked` (one person) or `distinct` (two
+    people), on what basis (`ins`, `operator`, `site`), by whom and why."""
+
+    __tablename__ = "identity_link"
+
+    a: str = Field(primary_key=True, max_length=64)
+    b: str = Field(primary_key=True, max_length=64, index=True)
+    state: str = Field(max_length=16)
+    basis: str = Field(max_length=16)
+    author: str = Field(default="", max_length=256)
+    reason: str = Field(default="", max_length=2000)
+    at: datetime = Field(sa_column=_utc())
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The Core table behind a SQLModel class (for set-based SQL)."""
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
@@ -253,6 +286,8 @@ VERSION = table_of(ResourceVersionRow)
 AUDIT_CHAIN = table_of(AuditChainRow)
 AUDIT_HEAD = table_of(AuditHeadRow)
 AUDIT_PENDING = table_of(AuditPendingRow)
+IDENTITY_RECORD = table_of(IdentityRecordRow)
+IDENTITY_LINK = table_of(IdentityLinkRow)
 AUDIT_INDEX = table_of(AuditIndexRow)
 # Index tables by search-parameter type.
 INDEX_TABLES: dict[str, Table] = {

@@ -1,0 +1,147 @@
+"""FHIR operations on Patient (identity): PIXm ITI-83 `$ihe-pix`, PDQm ITI-119 `$match`, and
+identity vigilance's `$link` / `$unlink`. Registered before the type routes, whose `/{id}`
+would otherwise take `$ihe-pix` for an id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api import media
+from app.api.fhir import base_url, unit_of_work
+from app.errors import Invalid
+from app.fhir.bundles import bundle
+from app.services.identity import MATCH_GRADE_URL, IdentityOperations
+
+
+async def pix_get(request: Request) -> Response:
+    """ITI-83 Get Corresponding Identifiers: GET [base]/Patient/$ihe-pix?sourceIdentifier=..."""
+    media.wanted_format(request)
+    source, targets = None, []
+    for key, value in request.query_params.multi_items():
+        if key == "sourceIdentifier":
+            if source is not None:
+                raise Invalid("sourceIdentifier may be given once")
+            source = value
+        elif key == "targetSystem":
+            targets += [t for t in value.split(",") if t]
+        elif key not in ("_format", "_pretty"):
+            raise Invalid(f"$ihe-pix has no parameter '{key}'")
+    return await _pix(request, source, targets)
+
+
+async def pix_post(request: Request) -> Response:
+    """ITI-83 Get Corresponding Identifiers, POST form (a Parameters resource)."""
+    media.wanted_format(request)
+    body = await media.read_json(request)
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise Invalid("POST $ihe-pix takes a Parameters resource")
+    source, targets = None, []
+    for p in body.get("parameter", []) or []:
+        name = p.get("name") if isinstance(p, dict) else None
+        if name == "sourceIdentifier":
+            ident = p.get("valueIdentifier")
+            source = (
+                f"{ident.get('system', '')}|{ident.get('value', '')}"
+                if isinstance(ident, dict)
+                else p.get("valueString")
+            )
+        elif name == "targetSystem":
+            target = p.get("valueUri") or p.get("valueString")
+            if isinstance(target, str):
+                targets.append(target)
+        else:
+            raise Invalid(f"$ihe-pix has no parameter '{name}'")
+    return await _pix(request, source, targets)
+
+
+async def _pix(request: Request, source: str | None, targets: list[str]) -> Response:
+    if not source:
+        raise Invalid("$ihe-pix needs sourceIdentifier=system|value")
+
+    def run() -> dict[str, Any]:
+        with unit_of_work(request) as svc:
+            return IdentityOperations(svc).pix(source, targets)
+
+    return media.fhir_response(await run_in_threadpool(run))
+
+
+async def match(request: Request) -> Response:
+    """ITI-119 Patient Demographics Match: POST [base]/Patient/$match with a Parameters
+    resource (`resource`, `onlyCertainMatches`, `count`); a searchset Bundle of scored
+    candidates with the match-grade extension."""
+    media.wanted_format(request)
+    body = await media.read_json(request)
+    base = base_url(request)
+
+    def run() -> dict[str, Any]:
+        with unit_of_work(request) as svc:
+            results = IdentityOperations(svc).match(body)
+        entries = [
+            {
+                "fullUrl": f"{base}/Patient/{stored.id}",
+                "resource": stored.resource,
+                "search": {
+                    "mode": "match",
+                    "score": score,
+                    "extension": [{"url": MATCH_GRADE_URL, "valueCode": grade}],
+                },
+            }
+            for stored, score, grade in results
+        ]
+        return bundle("searchset", entries, total=len(entries), links=[])
+
+    return media.fhir_response(await run_in_threadpool(run))
+
+
+async def link(request: Request, id: str) -> Response:
+    """Identity vigilance: POST [base]/Patient/{id}/$link (`other`, `reason`)."""
+    return await _decide(request, id, unlink=False)
+
+
+async def unlink(request: Request, id: str) -> Response:
+    """Identity vigilance: POST [base]/Patient/{id}/$unlink (`other`, `reason`)."""
+    return await _decide(request, id, unlink=True)
+
+
+async def _decide(request: Request, patient_id: str, *, unlink: bool) -> Response:
+    media.wanted_format(request)
+    body = await media.read_json(request)
+
+    def run() -> dict[str, Any]:
+        with unit_of_work(request, write=True) as svc:
+            return IdentityOperations(svc).link(patient_id, body, unlink=unlink)
+
+    return media.fhir_response(await run_in_threadpool(run))
+
+
+# (method, path, handler, summary)
+OPERATIONS = (
+    ("GET", "/Patient/$ihe-pix", pix_get, "PIXm ITI-83 Get Corresponding Identifiers"),
+    ("POST", "/Patient/$ihe-pix", pix_post, "PIXm ITI-83 Get Corresponding Identifiers (POST)"),
+    ("POST", "/Patient/$match", match, "PDQm ITI-119 Patient Demographics Match"),
+    ("POST", "/Patient/{id}/$link", link, "Identity vigilance: link two records (one person)"),
+    ("POST", "/Patient/{id}/$unlink", unlink, "Identity vigilance: unlink (two people)"),
+)
+
+
+def add_operations(
+    router: APIRouter, responses: dict[int | str, dict[str, Any]], body: dict[str, Any]
+) -> None:
+    """Register the operations on the protected /fhir router (`body`: the OpenAPI request
+    body of a POST)."""
+    for method, path, handler, summary in OPERATIONS:
+        router.add_api_route(
+            path,
+            handler,
+            methods=[method],
+            tags=["Patient"],
+            summary=summary,
+            operation_id=f"{handler.__name__}_{method.lower()}",
+            responses=responses,
+            response_class=Response,
+            openapi_extra=body if method == "POST" else None,
+        )
