@@ -1,4 +1,4 @@
-"""The `rix` command: serve, db upgrade, demo, token, audit, maintenance, openapi."""
+"""The `rix` command: serve, db upgrade, demo, sites, token, audit, maintenance, openapi."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def _upgrade(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from app.identity.vigilance import Vigilance
     from app.storage.db import transaction
     from app.storage.repository import Repository
 
@@ -55,7 +56,9 @@ def _reindex(settings: Settings, args: argparse.Namespace) -> int:
     if args.type:
         rt.registry.get(args.type)  # an unknown type is an error, not a silent no-op
     with transaction(rt.sessions, write=True) as session:
-        count = Repository(session, rt.registry).reindex(args.type)
+        repo = Repository(session, rt.registry)
+        repo.listeners.append(Vigilance(repo, "rix db reindex").on_write)
+        count = repo.reindex(args.type)
     rt.engine.dispose()
     print(f"reindexed {count} resources")
     return 0
@@ -71,6 +74,23 @@ def _demo(settings: Settings, _args: argparse.Namespace) -> int:
     )
     rt.engine.dispose()
     print(f"demo data loaded: {len(result.get('entry', []))} resources")
+    return 0
+
+
+def _sites_import(settings: Settings, args: argparse.Namespace) -> int:
+    from app.sites.registry import SiteFileError, apply_sites, load_sites
+
+    try:
+        sites = load_sites(args.file)  # checked before the database is touched
+    except SiteFileError as exc:
+        print(f"rix sites import: {exc}", file=sys.stderr)
+        return 2
+    rt = _runtime(settings)
+    try:
+        summary = apply_sites(rt, sites, settings.base_url or "http://localhost/fhir")
+    finally:
+        rt.engine.dispose()
+    print(f"sites imported from {args.file}: {summary}")
     return 0
 
 
@@ -202,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--type", default=None, help="only this resource type")
     reindex.set_defaults(func=_reindex)
     sub.add_parser("demo", help="load the demo data set").set_defaults(func=_demo)
+    sites = sub.add_parser("sites", help="the site registry (Organizations and their Endpoints)")
+    sites_sub = sites.add_subparsers(dest="sites_command", required=True)
+    sites_import = sites_sub.add_parser(
+        "import", help="create or update sites from a YAML or JSON file (idempotent)"
+    )
+    sites_import.add_argument("file", help="the site registry file (.yaml, .yml or .json)")
+    sites_import.set_defaults(func=_sites_import)
     token = sub.add_parser("token", help="print a development token (refused in production)")
     token.add_argument("--sub", required=True, help="subject (person or system id)")
     token.add_argument("--name", required=True, help="subject_name")

@@ -8,6 +8,8 @@ from app.fhir.bundles import RIX_CANONICAL
 SITE_ID_SYSTEM = f"{RIX_CANONICAL}/sid/site-id"
 EMITTER_SYSTEM = f"{RIX_CANONICAL}/sid/emitter"
 AE_TITLE_SYSTEM = f"{RIX_CANONICAL}/sid/ae-title"
+# Endpoint.identifier of a registry endpoint without an AE title: value "<site id>-<index>".
+ENDPOINT_ID_SYSTEM = f"{RIX_CANONICAL}/sid/endpoint"
 # Organization.identifier whose value is the URI of the site's patient-identifier namespace.
 NAMESPACE_SYSTEM = f"{RIX_CANONICAL}/sid/patient-id-namespace"
 ENDPOINT_TIMEOUT_URL = f"{RIX_CANONICAL}/StructureDefinition/endpoint-timeout"

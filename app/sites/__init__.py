@@ -1,0 +1,1 @@
+"""The site registry: the region's sites as Organizations with their PACS Endpoints."""
