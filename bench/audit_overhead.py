@@ -42,6 +42,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from app.auth.keys import KeySet, dev_jwks  # noqa: E402
 from app.auth.tokens import TokenVerifier, issue_dev_token  # noqa: E402
 from app.config import Settings  # noqa: E402
+from app.fhir.naming import ipp_system  # noqa: E402
 from app.policy.principal import Principal  # noqa: E402
 from app.services.bundles import process_bundle  # noqa: E402
 from app.services.runtime import Runtime  # noqa: E402
@@ -69,7 +70,8 @@ def _load(settings: Settings, patients: int) -> list[str]:
                     "fullUrl": url,
                     "resource": {
                         "resourceType": "Patient",
-                        "identifier": [{"system": "urn:bench", "value": str(i)}],
+                        # Known at the radiologist's site (423): the policy lets him see them.
+                        "identifier": [{"system": ipp_system("423"), "value": str(i)}],
                         "name": [{"family": f"Bench{i}", "given": ["Alice"]}],
                     },
                     "request": {"method": "POST", "url": "Patient"},

@@ -21,6 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Column, MetaData, String, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from app.demo.loader import PATIENTS
 from app.storage.migrations import alembic_config
 from app.storage.tables import VERSION, metadata
 from tests.server import rix_env, rix_executable, run_rix
@@ -192,18 +193,24 @@ def test_processes_starting_together_migrate_once(empty_database_url: str, tmp_p
 
 
 def test_db_reindex_rebuilds_search_indexes(database_url: str, tmp_path: Path) -> None:
-    """`rix db reindex` rebuilds every index row from the stored resources."""
+    """`rix db reindex` rebuilds every index row, and the identity state of Patients, from the
+    stored resources."""
     env = rix_env(database_url, tmp_path / "data")
     assert run_rix(["demo"], env, tmp_path).returncode == 0
     engine = create_engine(database_url)
+    identity = "SELECT patient_id, person_id FROM identity_record ORDER BY patient_id"
     with engine.begin() as conn:
         before = conn.execute(text("SELECT count(*) FROM sp_token")).scalar_one()
+        persons = conn.execute(text(identity)).all()
         conn.execute(text("DELETE FROM sp_token WHERE resource_type = 'Patient'"))
+        conn.execute(text("DELETE FROM identity_link"))
+        conn.execute(text("DELETE FROM identity_record"))
     done = run_rix(["db", "reindex", "--type", "Patient"], env, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "reindexed 5 resources" in done.stdout
+    assert f"reindexed {len(PATIENTS)} resources" in done.stdout
     with engine.begin() as conn:
         assert conn.execute(text("SELECT count(*) FROM sp_token")).scalar_one() == before
+        assert conn.execute(text(identity)).all() == persons  # the INS link is back
     engine.dispose()
     refused = run_rix(["db", "reindex", "--type", "Nope"], env, tmp_path)
     assert refused.returncode == 2 and "Nope" in refused.stderr

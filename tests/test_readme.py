@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 from app.fhir.registry import SERVED_TYPES
+from app.policy.principal import ROLES
 from app.policy.rules import MATRIX
 from tests.server import rix_env, rix_executable, run_rix, running_servers
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-ROLES = ["admin", "site-system", "radiologist", "clinician", "gp", "registry", "dpo", "patient"]
 
 
 def _block_after(heading_text: str) -> str:

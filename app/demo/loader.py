@@ -8,16 +8,29 @@ import json
 from importlib import resources
 from typing import Any
 
-from app.fhir.naming import EMITTER_SYSTEM, SITE_ID_SYSTEM, ipp_system
+from app.fhir.naming import IDENTITY_RELIABILITY_URL, INS_DEMO, ipp_system
+from app.sites.registry import (
+    Site,
+    SiteEndpoint,
+    endpoint_full_url,
+    organization_full_url,
+    site_bundle,
+)
 
-# (site_id, IPP, family, given, gender, birth date)
+# (site_id, IPP, family, given, gender, birth date). Mme MARTIN's three records carry no INS:
+# they stay apart, as suspected duplicates for identity vigilance.
 PATIENTS = (
     ("423", "R-100234", "MARTIN", "Éléonore", "female", "1958-03-14"),
     ("401", "T-884120", "MARTIN", "Eléonore", "female", "1958-03-14"),
     ("213", "O-552031", "MARTIN", "Eleonore", "female", "1958-03-14"),
     ("423", "R-100877", "DURAND", "Jean-Pierre", "male", "1971-11-02"),
     ("401", "T-901554", "PETIT", "Louise", "female", "2012-06-06"),
+    ("423", "R-300117", "LEFÈVRE", "Claire", "female", "1949-09-21"),
+    ("401", "T-551902", "LEFEVRE", "Claire", "female", "1949-09-21"),
 )
+# Mme LEFÈVRE's records at Romorantin and Tours carry the same qualified INS (demo OID): one
+# person, so Romorantin sees her Tours exams.
+QUALIFIED_INS = {"R-300117": "249092154123456", "T-551902": "249092154123456"}
 # (patient index, site_id, accession, date, modality, description, with report)
 STUDIES = (
     (0, "423", "ACC423-1001", "2024-02-12T09:30:00+01:00", "CT", "Scanner thoraco-abdominal", True),
@@ -34,13 +47,36 @@ STUDIES = (
         False,
     ),
     (4, "401", "ACC401-2003", "2022-12-05T16:40:00+01:00", "DX", "Age osseux (Rx)", True),
+    (5, "423", "ACC423-1003", "2025-01-20T10:10:00+01:00", "MG", "Mammographie de dépistage", True),
+    (6, "401", "ACC401-2004", "2021-04-02T15:30:00+02:00", "CT", "Scanner du genou", True),
 )
 
 
-def _sites() -> list[dict[str, str]]:
+def demo_sites() -> list[Site]:
+    """The MIRC site table (app/demo/sites.json) as registry sites, each with one made-up PACS
+    endpoint whose AE title is the site's emitter code (the table's "emitter (PACS AE title)")."""
     text = resources.files("app.demo").joinpath("sites.json").read_text("utf-8")
-    sites: list[dict[str, str]] = json.loads(text)["sites"]
-    return sites
+    rows: list[dict[str, str]] = json.loads(text)["sites"]
+    return [
+        Site(
+            id=row["site_id"],
+            name=row["name"],
+            emitter=row["emitter"],
+            endpoints=(
+                SiteEndpoint(
+                    address=f"https://pacs-{_host(row['emitter'])}.example/dicom-web",
+                    name=f"PACS {row['name']}",
+                    ae_title=row["emitter"],
+                ),
+            ),
+        )
+        for row in rows
+    ]
+
+
+def _host(emitter: str) -> str:
+    """A DNS label made from an emitter code (CH_GIEN -> ch-gien)."""
+    return emitter.lower().replace("_", "-")
 
 
 def _put(resource: dict[str, Any], criteria: str, full_url: str) -> dict[str, Any]:
@@ -51,61 +87,40 @@ def _put(resource: dict[str, Any], criteria: str, full_url: str) -> dict[str, An
     }
 
 
+def _identity_status(code: str) -> dict[str, Any]:
+    """The FR Core identity-reliability extension with this identity status."""
+    return {
+        "url": IDENTITY_RELIABILITY_URL,
+        "extension": [
+            {
+                "url": "identityStatus",
+                "valueCoding": {
+                    "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445",
+                    "code": code,
+                },
+            }
+        ],
+    }
+
+
 def demo_bundle() -> dict[str, Any]:
-    """A transaction Bundle with every demo resource."""
-    entries: list[dict[str, Any]] = []
-    for site in _sites():
-        sid = site["site_id"]
-        entries.append(
-            _put(
-                {
-                    "resourceType": "Organization",
-                    "identifier": [
-                        {"system": SITE_ID_SYSTEM, "value": sid},
-                        {"system": EMITTER_SYSTEM, "value": site["emitter"]},
-                    ],
-                    "active": True,
-                    "name": site["name"],
-                    "endpoint": [{"reference": f"urn:uuid:endpoint-{sid}"}],
-                },
-                f"identifier={SITE_ID_SYSTEM}|{sid}",
-                f"urn:uuid:org-{sid}",
-            )
-        )
-        entries.append(
-            _put(
-                {
-                    "resourceType": "Endpoint",
-                    "identifier": [{"system": EMITTER_SYSTEM, "value": site["emitter"]}],
-                    "status": "active",
-                    "connectionType": {
-                        "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
-                        "code": "dicom-wado-rs",
-                    },
-                    "name": f"PACS {site['name']}",
-                    "managingOrganization": {"reference": f"urn:uuid:org-{sid}"},
-                    "payloadType": [{"text": "DICOM"}],
-                    "payloadMimeType": ["application/dicom"],
-                    "address": f"https://pacs-{site['emitter'].lower()}.example/dicom-web",
-                },
-                f"identifier={EMITTER_SYSTEM}|{site['emitter']}",
-                f"urn:uuid:endpoint-{sid}",
-            )
-        )
+    """A transaction Bundle with every demo resource: the sites (see app.sites.registry), then
+    patients, studies and reports referring to them."""
+    entries: list[dict[str, Any]] = site_bundle(demo_sites())["entry"]
     for i, (sid, ipp, family, given, gender, birth) in enumerate(PATIENTS):
+        patient: dict[str, Any] = {
+            "resourceType": "Patient",
+            "identifier": [{"system": ipp_system(sid), "value": ipp}],
+            "name": [{"family": family, "given": [given]}],
+            "gender": gender,
+            "birthDate": birth,
+            "managingOrganization": {"reference": organization_full_url(sid)},
+        }
+        if ipp in QUALIFIED_INS:
+            patient["identifier"].append({"system": INS_DEMO, "value": QUALIFIED_INS[ipp]})
+            patient["extension"] = [_identity_status("QUAL")]
         entries.append(
-            _put(
-                {
-                    "resourceType": "Patient",
-                    "identifier": [{"system": ipp_system(sid), "value": ipp}],
-                    "name": [{"family": family, "given": [given]}],
-                    "gender": gender,
-                    "birthDate": birth,
-                    "managingOrganization": {"reference": f"urn:uuid:org-{sid}"},
-                },
-                f"identifier={ipp_system(sid)}|{ipp}",
-                f"urn:uuid:patient-{i}",
-            )
+            _put(patient, f"identifier={ipp_system(sid)}|{ipp}", f"urn:uuid:patient-{i}")
         )
     for pi, sid, accession, started, modality, description, report in STUDIES:
         uid = "1.2.250.1.999.1." + "".join(c for c in accession if c.isdigit())
@@ -137,7 +152,7 @@ def demo_bundle() -> dict[str, Any]:
                     "description": description,
                     "numberOfSeries": 2,
                     "numberOfInstances": 48,
-                    "endpoint": [{"reference": f"urn:uuid:endpoint-{sid}"}],
+                    "endpoint": [{"reference": endpoint_full_url(sid)}],
                 },
                 f"identifier=urn:dicom:uid|urn:oid:{uid}",
                 f"urn:uuid:study-{accession}",
@@ -166,7 +181,7 @@ def demo_bundle() -> dict[str, Any]:
                         },
                         "subject": {"reference": f"urn:uuid:patient-{pi}"},
                         "date": started,
-                        "author": [{"reference": f"urn:uuid:org-{sid}"}],
+                        "author": [{"reference": organization_full_url(sid)}],
                         "content": [
                             {
                                 "attachment": {

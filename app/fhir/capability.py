@@ -22,6 +22,30 @@ _RESULT_PARAMS = (
 )
 
 
+# Type-level operations (IHE PIXm, PDQm, identity vigilance): (type, name, definition).
+_OPERATIONS = {
+    "Patient": (
+        ("ihe-pix", "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"),
+        ("match", "http://hl7.org/fhir/OperationDefinition/Patient-match"),
+        ("link", f"{RIX_CANONICAL}/OperationDefinition/Patient-link"),
+        ("unlink", f"{RIX_CANONICAL}/OperationDefinition/Patient-unlink"),
+    ),
+}
+_INSTANTIATES = (
+    "https://profiles.ihe.net/ITI/PIXm/CapabilityStatement/IHE.PIXm.Manager",
+    "https://profiles.ihe.net/ITI/PDQm/CapabilityStatement/IHE.PDQm.Supplier",
+)
+_PERSON_SEARCH = (
+    "Person-wide patient searches (IHE PIXm): on every type but Patient, `patient` and `subject` "
+    "criteria naming a Patient (`Patient/id`, or the chain `patient.identifier=system|value`) "
+    "match the data of every record linked to that Patient's person (same trusted INS, a "
+    "site's merge, or an identity-vigilance decision): a site querying with its own IPP gets "
+    "the person's exams from every site. An unlink takes effect at once. Patient resources "
+    "show the person's other records as `link` (seealso) and a `homonym` meta tag when another "
+    "person has the same name and birth date."
+)
+
+
 def capability_statement(registry: Registry, base_url: str, settings: Settings) -> dict[str, Any]:
     """What this server does, for every registered type."""
     resources = []
@@ -67,6 +91,17 @@ def capability_statement(registry: Registry, base_url: str, settings: Settings) 
                     if p.type == "reference" and (not p.targets or name in p.targets)
                 ),
                 "searchParam": params,
+                **(
+                    {
+                        "operation": [
+                            {"name": op, "definition": definition}
+                            for op, definition in _OPERATIONS[name]
+                        ],
+                        "documentation": _PERSON_SEARCH,
+                    }
+                    if name in _OPERATIONS
+                    else {}
+                ),
             }
         )
     return {
@@ -78,6 +113,7 @@ def capability_statement(registry: Registry, base_url: str, settings: Settings) 
         "date": format_instant(now_utc())[:10],
         "publisher": "RIX",
         "kind": "instance",
+        "instantiates": list(_INSTANTIATES),
         "software": {"name": "RIX", "version": __version__},
         "implementation": {"description": "RIX FHIR R4 server", "url": base_url},
         "fhirVersion": "4.0.1",
@@ -88,7 +124,8 @@ def capability_statement(registry: Registry, base_url: str, settings: Settings) 
                 "mode": "server",
                 "documentation": (
                     "Search results page on a snapshot: next/previous links carry _offset and "
-                    "_snapshot so that resources created while a client pages never shift pages."
+                    "_snapshot so that resources created while a client pages never shift pages. "
+                    + _PERSON_SEARCH
                 ),
                 "resource": resources,
                 "interaction": [

@@ -1,9 +1,10 @@
 """The small FHIRPath subset that search-parameter expressions use, evaluated on resource JSON.
 
 Supported: dotted paths with choice types (`Observation.effective` finds `effectiveDateTime`),
-`.where(resolve() is Type)`, `.where(field='value')`, `(path as type)`, `path.exists()` with
-`and path != false`, and unions (`a | b`). An expression outside the subset raises
-`UnsupportedExpression` when compiled, so a parameter is never silently indexed wrong.
+`.where(resolve() is Type)`, `.where(field='value')`, `.extension('url')`, `(path as type)`,
+`path.exists()` with `and path != false`, and unions (`a | b`). An expression outside the
+subset raises `UnsupportedExpression` when compiled, so a parameter is never silently indexed
+wrong.
 """
 
 from __future__ import annotations
@@ -110,6 +111,20 @@ def reference_type(reference: str) -> str | None:
 
 _WHERE_RESOLVE = re.compile(r"^where\(resolve\(\) is (\w+)\)$")
 _WHERE_EQ = re.compile(r"^where\((\w+)\s*=\s*'([^']*)'\)$")
+_EXTENSION = re.compile(r"^extension\('([^']+)'\)$")
+
+
+def _extension(url: str) -> Step:
+    def step(nodes: list[Node]) -> list[Node]:
+        return [
+            ext
+            for n in nodes
+            if isinstance(n, dict)
+            for ext in n.get("extension", []) or []
+            if isinstance(ext, dict) and ext.get("url") == url
+        ]
+
+    return step
 
 
 def _where(segment: str) -> Step:
@@ -166,6 +181,8 @@ def _compile_alternative(text: str) -> tuple[str, tuple[Step, ...]]:
     for i, segment in enumerate(names):
         if segment.startswith("where("):
             steps.append(_where(segment))
+        elif m := _EXTENSION.match(segment):
+            steps.append(_extension(m.group(1)))
         elif re.fullmatch(r"\w+", segment):
             last = i == len(names) - 1
             steps.append(_choice(segment, cast) if cast and last else _children(segment))

@@ -21,6 +21,20 @@ COMMON = (
 )
 
 
+# Parameters defined by the IHE profiles RIX implements, beyond the R4 core set.
+PROFILE_PARAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    # PDQm ITI-78 (the R4 extension search parameter patient-extensions-Patient-mothersMaidenName).
+    "Patient": (
+        (
+            "mothersMaidenName",
+            "string",
+            "Patient.extension('http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName')"
+            ".value",
+        ),
+    ),
+}
+
+
 @dataclass(frozen=True)
 class SearchParam:
     """One search parameter of one resource type."""
@@ -65,4 +79,5 @@ def params_for(type_name: str, definitions: dict[str, list[dict[str, Any]]]) -> 
         out.append(
             SearchParam.build(d["code"], d["type"], d["expression"], tuple(d.get("target", ())))
         )
+    out += [SearchParam.build(*p) for p in PROFILE_PARAMS.get(type_name, ())]
     return out

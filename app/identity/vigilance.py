@@ -43,12 +43,30 @@ class Vigilance:
         self.repo = repo
         self.session = repo.session
         self.author = author
+        self._persons: dict[str, dict[str, Traits]] = {}  # read cache; writes clear it
+
+    def person(self, patient_id: str) -> dict[str, Traits]:
+        """The records of this record's person (itself included), with their traits: one
+        query, remembered for the request until a write changes identities."""
+        if patient_id not in self._persons:
+            person = select(_REC.person_id).where(_REC.patient_id == patient_id)
+            rows = self.session.execute(
+                select(IDENTITY_RECORD).where(_REC.person_id.in_(person.scalar_subquery()))
+            )
+            self._persons[patient_id] = {row.patient_id: _traits(row) for row in rows}
+        return self._persons[patient_id]
 
     # -- reading --------------------------------------------------------------------------------
 
     def members(self, patient_ids: Iterable[str]) -> set[str]:
         """Every record of the persons these records belong to (the records themselves too)."""
         ids = set(patient_ids)
+        if len(ids) == 1:
+            return ids | set(self.person(next(iter(ids))))
+        return self._members_now(ids)
+
+    def _members_now(self, ids: set[str]) -> set[str]:
+        """`members`, asked of the database (the engine's view while it changes identities)."""
         if not ids:
             return ids
         persons = select(_REC.person_id).where(_REC.patient_id.in_(sorted(ids)))
@@ -67,21 +85,21 @@ class Vigilance:
         """True when the person of this record has a record in one of these namespaces."""
         if not namespaces:
             return False
-        records = self.traits(self.members([patient_id]))
-        return any(t.systems & namespaces for t in records.values())
+        return any(t.systems & namespaces for t in self.person(patient_id).values())
 
     def decorate(self, patient_id: str, resource: dict[str, Any]) -> bool:
         """Show the person on an outgoing Patient: `link` (seealso) to the person's other
         records, and the homonym flag (a meta tag). True when something was added."""
         changed = False
-        others = sorted(self.members([patient_id]) - {patient_id})
+        records = self.person(patient_id)
+        others = sorted(set(records) - {patient_id})
         links = resource.setdefault("link", []) if others else resource.get("link", [])
         listed = {x.get("other", {}).get("reference") for x in links if isinstance(x, dict)}
         for other in others:
             if f"Patient/{other}" not in listed:
                 links.append({"other": {"reference": f"Patient/{other}"}, "type": "seealso"})
                 changed = True
-        own = self.traits([patient_id]).get(patient_id)
+        own = records.get(patient_id)
         if own is not None and own.homonym:
             tags = resource.setdefault("meta", {}).setdefault("tag", [])
             if not any(t.get("code") == "homonym" for t in tags if isinstance(t, dict)):
@@ -105,7 +123,13 @@ class Vigilance:
         """Reconcile identity after a Patient record was created, changed or deleted."""
         if stored.type != "Patient":
             return
-        before = self.members([stored.id])
+        try:
+            self._reconcile(stored)
+        finally:
+            self._persons.clear()
+
+    def _reconcile(self, stored: Stored) -> None:
+        before = self._members_now({stored.id})
         if stored.deleted:
             self.session.execute(
                 delete(IDENTITY_LINK).where(or_(_LINK.a == stored.id, _LINK.b == stored.id))
@@ -118,7 +142,7 @@ class Vigilance:
         self._drop_stale_ins_links(traits)
         self._ins_links(traits)
         self._site_links(traits, stored.resource)
-        self._recompute(before | self.members([stored.id]))
+        self._recompute(before | self._members_now({stored.id}))
         self._screen(traits)
 
     def _save(self, t: Traits) -> None:
@@ -224,7 +248,7 @@ class Vigilance:
 
     def _conflict(self, a: str, b: str) -> str | None:
         """Why the persons of a and b may not become one (None when they may)."""
-        side_a, side_b = self.members([a]), self.members([b])
+        side_a, side_b = self._members_now({a}), self._members_now({b})
         if side_a & side_b:
             return None
         traits = self.traits(side_a | side_b)
@@ -274,7 +298,7 @@ class Vigilance:
         if not t.names:
             self._set_homonym({t.patient_id})
             return
-        mine = self.members([t.patient_id])
+        mine = self._members_now({t.patient_id})
         alike = {t.patient_id}
         for other in self.candidates(t):
             if other.patient_id in mine:
@@ -308,7 +332,7 @@ class Vigilance:
                     .where(_REC.birth_date == own.birth_date, _REC.patient_id != pid)
                     .limit(_MAX_CANDIDATES)
                 ).all()
-                mine = self.members([pid])
+                mine = self._members_now({pid})
                 for row in rows:
                     other = _traits(row)
                     if other.patient_id in mine or not same_name_and_birth(own, other):
@@ -381,17 +405,19 @@ class Vigilance:
 
     def link(self, a: str, b: str, reason: str) -> None:
         """An operator's decision that two records are one person."""
+        self._persons.clear()  # and again below: answers after the decision see it
         if a == b:
             raise Invalid("A record cannot be linked to itself")
         self._require(a, b)
         problem = self._conflict(a, b)
         if problem:
             raise Conflict(f"Patient/{a} and Patient/{b} cannot be linked: {problem}")
-        before = self.members([a, b])
+        before = self._members_now({a, b})
         self._set_edge(a, b, LINKED, "operator", reason)
         self._recompute(before)
         self._close_tasks(a, b, "linked: one person")
         self._set_homonym(before)
+        self._persons.clear()
 
     def unlink(self, a: str, b: str, reason: str) -> None:
         """An operator's decision that two records are two people: the records part at once
@@ -399,10 +425,10 @@ class Vigilance:
         if a == b:
             raise Invalid("A record cannot be unlinked from itself")
         self._require(a, b)
-        before = self.members([a, b])
+        before = self._members_now({a, b})
         self._set_edge(a, b, DISTINCT, "operator", reason)
         self._recompute(before)
-        if b in self.members([a]):
+        if b in self._members_now({a}):
             for edge in self._edges(a):
                 if edge.state == LINKED:
                     other = edge.b if edge.a == a else edge.a
@@ -410,6 +436,7 @@ class Vigilance:
             self._recompute(before)
         self._close_tasks(a, b, "unlinked: two people")
         self._set_homonym(before)
+        self._persons.clear()
 
     def decisions(self, patient_id: str) -> list[dict[str, Any]]:
         """The link decisions about one record (for the operator's view)."""

@@ -331,7 +331,8 @@ class Repository:
             self.session.execute(delete(table).where(table.c.resource_pk == pk))
 
     def reindex(self, type_name: str | None = None) -> int:
-        """Rebuild the index rows of live resources (after search parameters change)."""
+        """Rebuild the index rows of live resources (after search parameters change); listeners
+        hear every resource again (identity vigilance rebuilds its state)."""
         self.flush()
         query = select(RESOURCE).where(RESOURCE.c.deleted == false())
         if type_name:
@@ -341,6 +342,7 @@ class Repository:
             stored = self._stored(row)
             self._clear_index(stored.pk)
             self._index(stored, stored.resource)
+            self._notify(stored)
             count += 1
         return count
 
