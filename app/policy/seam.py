@@ -55,6 +55,10 @@ class Facts(Protocol):
         """True when the person of this Patient record has a record in these namespaces."""
         ...
 
+    def records_of_person(self, patient_id: str) -> set[str]:
+        """Every Patient record of this record's person (itself included)."""
+        ...
+
 
 @dataclass
 class Policy:
@@ -108,7 +112,9 @@ class Policy:
         """True when this item may leave the server for this caller (`resource` is read only
         when the decision needs the content)."""
         if principal.role == "patient":
-            return principal.patient in self.patients_of(type_name, resource_id, resource())
+            # A patient's own data is that of every record of their person (PIXm links).
+            mine = facts.records_of_person(principal.patient or "")
+            return bool(mine & self.patients_of(type_name, resource_id, resource()))
         if principal.role in CLINICAL_ROLES and type_name == "Patient":
             # Demographics (PDQm) only of patients known at the caller's organisation.
             if not principal.organization_id:

@@ -56,3 +56,7 @@ class RequestFacts:
         if key not in self._known:
             self._known[key] = self.identity.known_in(patient_id, namespaces)
         return self._known[key]
+
+    def records_of_person(self, patient_id: str) -> set[str]:
+        """Every record of this record's person (itself included)."""
+        return self.identity.members([patient_id])
