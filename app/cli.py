@@ -94,6 +94,25 @@ def _sites_import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _sites_check(settings: Settings, _args: argparse.Namespace) -> int:
+    import httpx
+
+    from app.services import sites
+
+    rt = _runtime(settings)
+    try:
+        with httpx.Client() as client, rt.resources(None, write=True) as svc:
+            results = sites.check(svc, client)
+    finally:
+        rt.engine.dispose()
+    for endpoint, contact in results:
+        where = f"Endpoint/{endpoint.id} {endpoint.resource.get('address', '')}"
+        print(f"ok   {where}" if contact.ok else f"FAIL {where}: {contact.error}")
+    failed = sum(not c.ok for _, c in results)
+    print(f"{len(results)} active endpoints checked, {failed} failing")
+    return 1 if failed else 0
+
+
 def _openapi(settings: Settings, args: argparse.Namespace) -> int:
     path = Path(args.output)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sites_import.add_argument("file", help="the site registry file (.yaml, .yml or .json)")
     sites_import.set_defaults(func=_sites_import)
+    sites_sub.add_parser(
+        "check", help="probe every active PACS endpoint (QIDO-RS) and record its health"
+    ).set_defaults(func=_sites_check)
     token = sub.add_parser("token", help="print a development token (refused in production)")
     token.add_argument("--sub", required=True, help="subject (person or system id)")
     token.add_argument("--name", required=True, help="subject_name")

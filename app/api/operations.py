@@ -1,6 +1,6 @@
-"""FHIR operations on Patient (identity): PIXm ITI-83 `$ihe-pix`, PDQm ITI-119 `$match`, and
-identity vigilance's `$link` / `$unlink`. Registered before the type routes, whose `/{id}`
-would otherwise take `$ihe-pix` for an id."""
+"""FHIR operations: on Patient (identity) PIXm ITI-83 `$ihe-pix`, PDQm ITI-119 `$match`,
+identity vigilance's `$link` / `$unlink`; on Endpoint the sites' `$health`. Registered before
+the type routes, whose `/{id}` would otherwise take `$ihe-pix` for an id."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from app.api import media
 from app.api.fhir import base_url, unit_of_work
 from app.errors import Invalid
 from app.fhir.bundles import bundle
+from app.services import sites
 from app.services.identity import MATCH_GRADE_URL, IdentityOperations
 
 
@@ -118,8 +119,21 @@ async def _decide(request: Request, patient_id: str, *, unlink: bool) -> Respons
     return media.fhir_response(await run_in_threadpool(run))
 
 
+async def endpoint_health(request: Request) -> Response:
+    """Site registry: GET [base]/Endpoint/$health, each endpoint's last successful contact and
+    last error (administrators)."""
+    media.wanted_format(request)
+
+    def run() -> dict[str, Any]:
+        with unit_of_work(request) as svc:
+            return sites.health_report(svc)
+
+    return media.fhir_response(await run_in_threadpool(run))
+
+
 # (method, path, handler, summary)
 OPERATIONS = (
+    ("GET", "/Endpoint/$health", endpoint_health, "Site registry: endpoints' health (admin)"),
     ("GET", "/Patient/$ihe-pix", pix_get, "PIXm ITI-83 Get Corresponding Identifiers"),
     ("POST", "/Patient/$ihe-pix", pix_post, "PIXm ITI-83 Get Corresponding Identifiers (POST)"),
     ("POST", "/Patient/$match", match, "PDQm ITI-119 Patient Demographics Match"),
@@ -138,7 +152,7 @@ def add_operations(
             path,
             handler,
             methods=[method],
-            tags=["Patient"],
+            tags=[path.split("/")[1]],
             summary=summary,
             operation_id=f"{handler.__name__}_{method.lower()}",
             responses=responses,

@@ -37,6 +37,7 @@ OPERATIONS: dict[str, frozenset[str]] = {
     "unlink": IDENTITY_OPERATORS,
     "ihe-pix": IDENTITY_OPERATORS | {"site-system"} | CLINICAL_ROLES,
     "match": IDENTITY_OPERATORS | {"site-system"} | CLINICAL_ROLES,
+    "health": frozenset({"admin"}),
 }
 
 

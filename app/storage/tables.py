@@ -33,9 +33,9 @@ def _pk() -> Column[int]:
     return Column(_BIGINT, primary_key=True, autoincrement=True)
 
 
-def _utc() -> Column[datetime]:
+def _utc(*, nullable: bool = False) -> Column[datetime]:
     # Naive UTC on purpose: both databases compare and index it the same way.
-    return Column(DateTime(timezone=False), nullable=False)
+    return Column(DateTime(timezone=False), nullable=nullable)
 
 
 def _resource_fk() -> Column[int]:
@@ -276,6 +276,17 @@ class IdentityLinkRow(SQLModel, table=True):
     at: datetime = Field(sa_column=_utc())
 
 
+class SiteHealthRow(SQLModel, table=True):
+    """The last contacts with a site's PACS endpoint: when it last answered, its last error."""
+
+    __tablename__ = "site_health"
+
+    endpoint_id: str = Field(primary_key=True, max_length=64)
+    last_success: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    last_error_at: datetime | None = Field(default=None, sa_column=_utc(nullable=True))
+    last_error: str | None = Field(default=None, max_length=2000)
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The Core table behind a SQLModel class (for set-based SQL)."""
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
@@ -288,6 +299,7 @@ AUDIT_HEAD = table_of(AuditHeadRow)
 AUDIT_PENDING = table_of(AuditPendingRow)
 IDENTITY_RECORD = table_of(IdentityRecordRow)
 IDENTITY_LINK = table_of(IdentityLinkRow)
+SITE_HEALTH = table_of(SiteHealthRow)
 AUDIT_INDEX = table_of(AuditIndexRow)
 # Index tables by search-parameter type.
 INDEX_TABLES: dict[str, Table] = {
