@@ -1,8 +1,8 @@
 """Site health: the last successful contact with each site's PACS endpoint and its last error.
 
-Whatever contacts a site records the outcome here (`record`): `rix sites check` probes every
-active endpoint (a QIDO-RS `studies?limit=1`, DICOM PS3.18), and the DICOMweb proxy will record
-each federated query. Administrators read it with `GET /fhir/Endpoint/$health`.
+Whatever contacts a site records the outcome here (`record`); `rix sites check` probes every
+active endpoint (a QIDO-RS `studies?limit=1`, DICOM PS3.18). Administrators read it with
+`GET /fhir/Endpoint/$health`.
 """
 
 from __future__ import annotations
