@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, true, update
+from sqlalchemy import and_, delete, insert, or_, select, text, true, update
 
 from app.errors import Conflict, Invalid, NotFound
 from app.fhir.naming import IDENTITY_FLAG_SYSTEM, IDENTITY_TASK_SYSTEM
@@ -28,6 +28,7 @@ HOMONYM_TAG = {
     "display": "Homonym: another person has the same name and birth date",
 }
 _MAX_CANDIDATES = 500
+_LOCK_KEY = 0x52495849  # "RIXI": the advisory lock of identity changes
 _REC = IDENTITY_RECORD.c
 _LINK = IDENTITY_LINK.c
 
@@ -44,6 +45,32 @@ class Vigilance:
         self.session = repo.session
         self.author = author
         self._persons: dict[str, dict[str, Traits]] = {}  # read cache; writes clear it
+        self._locked = False
+
+    def _lock(self) -> None:
+        """Serialise identity changes across processes (PostgreSQL): a transaction that
+        writes a Patient would otherwise not see another's uncommitted record with the same
+        INS or birth date, and both would miss the link or the work item. SQLite has one
+        writer at a time already."""
+        if not self._locked and self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        self._locked = True
+
+    def prefetch(self, patient_ids: Iterable[str]) -> None:
+        """Load the persons of many records in one query (a page of search results)."""
+        wanted = sorted(set(patient_ids) - set(self._persons))
+        if not wanted:
+            return
+        persons = select(_REC.person_id).where(_REC.patient_id.in_(wanted))
+        by_person: dict[str, dict[str, Traits]] = {}
+        rows = self.session.execute(select(IDENTITY_RECORD).where(_REC.person_id.in_(persons)))
+        for row in rows:
+            by_person.setdefault(row.person_id, {})[row.patient_id] = _traits(row)
+        for records in by_person.values():
+            for patient_id in records:
+                self._persons[patient_id] = records
+        for patient_id in wanted:
+            self._persons.setdefault(patient_id, {})
 
     def person(self, patient_id: str) -> dict[str, Traits]:
         """The records of this record's person (itself included), with their traits: one
@@ -129,6 +156,7 @@ class Vigilance:
             self._persons.clear()
 
     def _reconcile(self, stored: Stored) -> None:
+        self._lock()
         before = self._members_now({stored.id})
         if stored.deleted:
             self.session.execute(
@@ -406,6 +434,7 @@ class Vigilance:
     def link(self, a: str, b: str, reason: str) -> None:
         """An operator's decision that two records are one person."""
         self._persons.clear()  # and again below: answers after the decision see it
+        self._lock()
         if a == b:
             raise Invalid("A record cannot be linked to itself")
         self._require(a, b)
@@ -422,6 +451,7 @@ class Vigilance:
     def unlink(self, a: str, b: str, reason: str) -> None:
         """An operator's decision that two records are two people: the records part at once
         (if they were still joined through other links, `a` leaves its person entirely)."""
+        self._lock()
         if a == b:
             raise Invalid("A record cannot be unlinked from itself")
         self._require(a, b)

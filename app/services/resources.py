@@ -409,6 +409,8 @@ class ResourceService:
         if query.snapshot is None:
             query.snapshot = self.repo.max_pk()
         found, total = self.repo.search(query)
+        if type_name == "Patient":
+            self.identity.prefetch(s.id for s in found)
         matches = [s for s in found if self.visible(s)]
         included = [s for s in self._included(query, matches) if self.visible(s)]
         if len(matches) != len(found):

@@ -295,3 +295,37 @@ def test_audit_chain_stays_one_chain_under_concurrent_processes(
         count = session.execute(text("SELECT count(*) FROM audit_chain")).scalar_one()
     runtime.engine.dispose()
     assert count >= 8 * 6 + 1  # every read and search, plus the create
+
+
+def test_concurrent_feeds_of_one_person_are_linked(
+    clients: tuple[httpx.Client, httpx.Client],
+) -> None:
+    """Two processes create, at the same moment, two records with the same qualified INS: the
+    identity lock serialises them, so the second sees the first and links them (no lost link)."""
+    a, b = clients
+    reliability = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
+
+    def feed(client: httpx.Client, site: str, ins: str, barrier: threading.Barrier) -> str:
+        body = {
+            "resourceType": "Patient",
+            "identifier": [
+                {"system": f"https://fhir.rix.example/sid/ipp/{site}", "value": f"p-{ins}"},
+                {"system": "urn:oid:1.2.250.1.213.1.4.8", "value": ins},
+            ],
+            "name": [{"family": "Concurrent", "given": [ins]}],
+            "extension": [
+                {
+                    "url": reliability,
+                    "extension": [{"url": "identityStatus", "valueCoding": {"code": "QUAL"}}],
+                }
+            ],
+        }
+        barrier.wait(timeout=30)
+        return str(_create(client, body)["id"])
+
+    for round_ in range(5):
+        ins, barrier = f"29001751234{round_:04d}", threading.Barrier(2)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first, second = pool.map(feed, [a, b], ["423", "401"], [ins, ins], [barrier, barrier])
+        shown = a.get(f"/Patient/{first}").json()
+        assert {"other": {"reference": f"Patient/{second}"}, "type": "seealso"} in shown["link"]
