@@ -60,6 +60,9 @@ class Criterion:
     target_type: str | None = None
     chain: Criterion | None = None
     has: HasCriterion | None = None
+    # A chain whose parameter several target types define alike (`author.given`: Practitioner,
+    # Patient...): any of them may match.
+    chain_types: tuple[str, ...] = ()
 
 
 @dataclass
@@ -235,22 +238,25 @@ class SearchParser:
             if modifier not in targets:
                 raise Invalid(f"'{modifier}' is not a valid target type of '{param.code}'")
             targets = [modifier]
-        # The chained parameter must exist on exactly one candidate target type, or be typed.
-        candidates = [
-            t for t in targets if self.registry.get(t).param(rest.split(".")[0].split(":")[0])
-        ]
+        # The chained parameter must exist on the candidate target types with one search type
+        # (`author.given` searches every author type that has `given`), or be typed.
+        code = rest.split(".")[0].split(":")[0]
+        found = {t: self.registry.get(t).param(code) for t in targets}
+        candidates = [t for t, p in found.items() if p is not None]
         if not candidates:
             raise NotSupported(
                 f"Chained parameter '{rest}' is not defined on any target of '{param.code}'"
             )
-        if len(candidates) > 1:
+        kinds = {p.type for p in found.values() if p is not None}
+        if len(kinds) > 1 or (len(candidates) > 1 and "." in rest):
             raise Invalid(
                 f"Chain '{param.code}.{rest}' is ambiguous between {', '.join(candidates)}; "
                 f"use '{param.code}:<Type>.{rest}'"
             )
-        target = candidates[0]
-        inner = self._criterion(self.registry.get(target), rest, value)
-        return Criterion(param=param, target_type=target, chain=inner)
+        inner = self._criterion(self.registry.get(candidates[0]), rest, value)
+        if len(candidates) == 1:
+            return Criterion(param=param, target_type=candidates[0], chain=inner)
+        return Criterion(param=param, chain=inner, chain_types=tuple(candidates))
 
     def _has(self, definition: ResourceDefinition, key: str, value: str) -> Criterion:
         parts = key.split(":", 3)

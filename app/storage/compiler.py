@@ -306,14 +306,15 @@ class Compiler:
         return cond
 
     def _chain(self, c: Criterion, r: FromClause) -> ColumnElement[bool]:
-        assert c.chain is not None and c.target_type is not None
+        assert c.chain is not None and (c.target_type is not None or c.chain_types)
         ref = REFERENCE.alias()
         target = RESOURCE.alias()
+        types = [c.target_type] if c.target_type else list(c.chain_types)
         return exists().where(
             ref.c.resource_pk == r.c.pk,
             ref.c.param == c.param.code,
-            ref.c.target_type == c.target_type,
-            target.c.resource_type == c.target_type,
+            ref.c.target_type.in_(types),
+            target.c.resource_type == ref.c.target_type,
             target.c.resource_id == ref.c.target_id,
             target.c.deleted == false(),
             self.criterion(c.chain, target),

@@ -712,6 +712,26 @@ def test_chained_parameters(client: TestClient) -> None:
     ) == (set())
 
 
+def test_chain_over_every_target_type_that_has_the_parameter(client: TestClient) -> None:
+    """MHD ITI-67 `author.given`/`author.family`: the author may be a Practitioner or a Patient
+    (both define `given`, as strings): the chain searches both."""
+    doctor = create(client, {"resourceType": "Practitioner", "name": [{"family": "Vidal"}]})
+    author = create(client, patient("Vidal", ["Anne"]))
+    subject = create(client, patient("Roux", ["Léa"]))
+    by_doctor = create(
+        client,
+        {**document(f"Patient/{subject}"), "author": [{"reference": f"Practitioner/{doctor}"}]},
+    )
+    by_patient = create(
+        client, {**document(f"Patient/{subject}"), "author": [{"reference": f"Patient/{author}"}]}
+    )
+    assert found(client, "DocumentReference", {"author.family": "vidal"}) == {by_doctor, by_patient}
+    assert found(client, "DocumentReference", {"author.given": "anne"}) == {by_patient}
+    assert found(client, "DocumentReference", {"author:Practitioner.family": "vidal"}) == {
+        by_doctor
+    }
+
+
 def test_chain_through_two_references(client: TestClient) -> None:
     org = create(client, {"resourceType": "Organization", "name": "CHU Nord"})
     pid = create(
@@ -742,7 +762,8 @@ def test_chain_with_modifiers_and_id(client: TestClient) -> None:
 
 
 def test_chain_errors(client: TestClient) -> None:
-    assert "ambiguous" in rejected(client, "DocumentReference", {"author.name": "x"})
+    # `performer` is a reference on some targets of `related`, a token on others.
+    assert "ambiguous" in rejected(client, "DocumentReference", {"related.performer": "x"})
     found(client, "DocumentReference", {"author:Practitioner.name": "x"})
     rejected(client, "Patient", {"gender.name": "x"})
     rejected(client, "ImagingStudy", {"patient.unknown": "x"})
