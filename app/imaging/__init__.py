@@ -1,0 +1,1 @@
+"""Imaging manifests: DICOM Key Object Selection (XDS-I.b / MADO) ⇄ FHIR ImagingStudy, pure."""
