@@ -1,7 +1,7 @@
 """The small FHIRPath subset that search-parameter expressions use, evaluated on resource JSON.
 
 Supported: dotted paths with choice types (`Observation.effective` finds `effectiveDateTime`),
-`.where(resolve() is Type)`, `.where(field='value')`, `.extension('url')`, `(path as type)`,
+`.where(resolve() is Type)`, `.where(path.to.field='value')`, `.extension('url')`, `(path as type)`,
 `path.exists()` with `and path != false`, and unions (`a | b`). An expression outside the
 subset raises `UnsupportedExpression` when compiled, so a parameter is never silently indexed
 wrong.
@@ -110,7 +110,7 @@ def reference_type(reference: str) -> str | None:
 
 
 _WHERE_RESOLVE = re.compile(r"^where\(resolve\(\) is (\w+)\)$")
-_WHERE_EQ = re.compile(r"^where\((\w+)\s*=\s*'([^']*)'\)$")
+_WHERE_EQ = re.compile(r"^where\(([\w.]+)\s*=\s*'([^']*)'\)$")
 _EXTENSION = re.compile(r"^extension\('([^']+)'\)$")
 
 
@@ -142,10 +142,18 @@ def _where(segment: str) -> Step:
 
         return resolve_is
     if m := _WHERE_EQ.match(segment):
-        field, value = m.group(1), m.group(2)
+        steps = [_children(name) for name in m.group(1).split(".")]
+        value = m.group(2)
 
         def equals(nodes: list[Node]) -> list[Node]:
-            return [n for n in nodes if isinstance(n, dict) and n.get(field) == value]
+            out = []
+            for node in nodes:
+                found = [node]
+                for step in steps:  # `where(type.coding.code='ACSN')`: any value along the path
+                    found = step(found)
+                if value in found:
+                    out.append(node)
+            return out
 
         return equals
     raise UnsupportedExpression(segment)

@@ -21,8 +21,36 @@ COMMON = (
 )
 
 
+_R5_DOCREF = "http://hl7.org/fhir/5.0/StructureDefinition/extension-DocumentReference"
+_MHD = "https://profiles.ihe.net/ITI/MHD/StructureDefinition"
+
 # Parameters defined by the IHE profiles RIX implements, beyond the R4 core set.
 PROFILE_PARAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    # MHD ITI-67 `creation`; MADO's imaging parameters (the R5 extensions MADO uses on R4).
+    "DocumentReference": (
+        ("creation", "date", "DocumentReference.content.attachment.creation"),
+        (
+            "study-instance-uid",
+            "token",
+            "DocumentReference.context.related.identifier.where(system='urn:dicom:uid')",
+        ),
+        (
+            "accession-number",
+            "token",
+            "DocumentReference.context.related.identifier.where(type.coding.code='ACSN')",
+        ),
+        ("modality", "token", f"DocumentReference.extension('{_R5_DOCREF}.modality').value"),
+        (
+            "anatomical-region",
+            "token",
+            f"DocumentReference.extension('{_R5_DOCREF}.bodySite').extension('concept').value",
+        ),
+    ),
+    # MHD ITI-66 on the SubmissionSet and Folder Lists.
+    "List": (
+        ("designationType", "token", f"List.extension('{_MHD}/ihe-designationType').value"),
+        ("sourceId", "token", f"List.extension('{_MHD}/ihe-sourceId').value"),
+    ),
     # PDQm ITI-78 (the R4 extension search parameter patient-extensions-Patient-mothersMaidenName).
     "Patient": (
         (

@@ -20,7 +20,7 @@ from app.fhir import models
 from app.fhir.bundles import bundle, information, operation_outcome
 from app.fhir.values import format_instant
 from app.policy.principal import SYSTEM, Principal
-from app.services import rendering
+from app.services import mhd, rendering
 from app.services.resources import ResourceService
 from app.storage.repository import Stored, new_id
 
@@ -96,7 +96,11 @@ def _parse_entry(i: int, raw: Any, base: str, known_types: list[str]) -> Entry:
                 f"{where}.request.ifMatch '{request['ifMatch']}' is not W/\"n\""
             )
         if_match = int(tag)
-    if_none_exist = parse_qsl(str(request.get("ifNoneExist") or "").lstrip("?"))
+    # The query part; some clients (and the R4 Bundle-xds example) send `Type?query`.
+    condition = str(request.get("ifNoneExist") or "")
+    if condition.startswith(f"{type_name}?"):
+        condition = condition[len(type_name) :]
+    if_none_exist = parse_qsl(condition.lstrip("?"))
     return Entry(
         i,
         method,
@@ -144,6 +148,8 @@ class BundleProcessor:
             if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
                 _parse_entry(i, raw, self.base, known)  # raises the located 400
         if kind == "transaction":
+            if mhd.is_provide_bundle(body):  # IHE MHD ITI-65
+                mhd.check_provide_bundle(body)
             entries = [_parse_entry(i, e, self.base, known) for i, e in enumerate(raw_entries)]
             with self._unit(write=True) as svc:
                 results = self._transaction(svc, entries)
@@ -177,7 +183,7 @@ class BundleProcessor:
         for entry in entries:
             if entry.resource is not None:
                 try:
-                    entry.resource = self._rewrite(svc, entry.resource, mapping)
+                    entry.resource = self._rewrite(svc, entry.resource, mapping, _base_of(entry))
                 except FhirError as exc:
                     raise _at(exc, entry) from None
         results: dict[int, dict[str, Any]] = {}
@@ -222,12 +228,25 @@ class BundleProcessor:
                     target = f"{entry.type}/{entry.assigned_id}"
             if target:
                 mapping[entry.full_url] = target
+        # `Patient/a2` in an entry whose fullUrl is a urn means the entry whose absolute fullUrl
+        # ends in /Patient/a2 (when exactly one does): how transaction senders write it.
+        tails: dict[str, list[str]] = {}
+        for url, target in mapping.items():
+            if url.startswith(("http://", "https://")):
+                tail = "/".join(url.rstrip("/").split("/")[-2:])
+                tails.setdefault(tail, []).append(target)
+        for tail, targets in tails.items():
+            if len(targets) == 1:
+                mapping[f"//{tail}"] = targets[0]
         return mapping
 
-    def _rewrite(self, svc: ResourceService, node: Any, mapping: dict[str, str]) -> Any:
-        """Replace references to fullUrls and conditional references with `Type/id`."""
+    def _rewrite(
+        self, svc: ResourceService, node: Any, mapping: dict[str, str], base: str | None = None
+    ) -> Any:
+        """Replace references to fullUrls and conditional references with `Type/id`; a
+        relative reference is read against the base of the entry's absolute fullUrl."""
         if isinstance(node, list):
-            return [self._rewrite(svc, item, mapping) for item in node]
+            return [self._rewrite(svc, item, mapping, base) for item in node]
         if not isinstance(node, dict):
             return mapping.get(node, node) if isinstance(node, str) else node
         out = {}
@@ -235,13 +254,17 @@ class BundleProcessor:
             if key == "reference" and isinstance(value, str):
                 if value in mapping:
                     value = mapping[value]
+                elif base and f"{base}/{value}" in mapping:
+                    value = mapping[f"{base}/{value}"]
+                elif f"//{value}" in mapping:  # the one absolute fullUrl ending Type/id
+                    value = mapping[f"//{value}"]
                 elif value.startswith(("urn:uuid:", "urn:oid:")):
                     raise Invalid(f"Reference '{value}' matches no fullUrl in this Bundle")
                 elif "?" in value and not value.startswith(("http:", "https:", "urn:")):
                     value = self._resolve_conditional(svc, value)
                 out[key] = value
             else:
-                out[key] = self._rewrite(svc, value, mapping)
+                out[key] = self._rewrite(svc, value, mapping, base)
         return out
 
     def _resolve_conditional(self, svc: ResourceService, reference: str) -> str:
@@ -335,6 +358,15 @@ class BundleProcessor:
             response["outcome"] = information(f"{stored.type}/{stored.id} stored")
         out["response"] = response
         return out
+
+
+def _base_of(entry: Entry) -> str | None:
+    """The service base of an absolute RESTful fullUrl (`http://x/fhir/Patient/1` -> `http://x/fhir`)."""
+    url = entry.full_url or ""
+    if not url.startswith(("http://", "https://")):
+        return None
+    parts = url.rstrip("/").split("/")
+    return "/".join(parts[:-2]) if len(parts) > 4 and parts[-2][:1].isupper() else None
 
 
 def _ok(resource: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from app.fhir.values import parse_search_date
 from app.identity.vigilance import Vigilance
 from app.policy.principal import Principal
 from app.policy.seam import Policy
+from app.services.documents import Documents
 from app.services.facts import RequestFacts
 from app.storage.repository import Repository, Stored
 
@@ -108,6 +109,13 @@ class ResourceService:
         self.identity = Vigilance(repo, author)
         repo.listeners.append(self.identity.on_write)
         self.facts = RequestFacts(repo, self.identity)
+        self.documents = Documents(self)
+        repo.listeners.append(self.documents.on_write)
+
+    def finish(self) -> None:
+        """End of the unit of work: apply what its document writes imply (MHD replacements,
+        imaging manifests), inside the same transaction."""
+        self.documents.finish()
 
     def _start(self, interaction: str, type_name: str) -> None:
         if type_name != "*":  # "*": a system-level interaction (history-system), no one type

@@ -84,7 +84,9 @@ class Runtime:
             with transaction(self.sessions, write=write or self.settings.audit) as session:
                 repo = Repository(session, self.registry, base_url)
                 access = Access(principal, self.policy, recorder, self.trail)
-                yield ResourceService(repo, self.registry, self.parser, access)
+                service = ResourceService(repo, self.registry, self.parser, access)
+                yield service
+                service.finish()
                 durable = write or self.settings.audit_sync_reads
                 self.trail.append(repo, recorder.success_events(), durable=durable)
         except FhirError as exc:

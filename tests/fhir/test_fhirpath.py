@@ -151,6 +151,27 @@ def test_where_resolve_is_understands_absolute_and_versioned_references() -> Non
     assert evaluate(expression, logical) == []
 
 
+def test_extension_by_url_and_where_on_a_path() -> None:
+    """`extension('url')` (PDQm mothersMaidenName, MADO modality) and `where(a.b='v')` (MADO
+    accession-number: identifiers typed ACSN)."""
+    patient = {
+        "resourceType": "Patient",
+        "extension": [
+            {"url": "http://x/maiden", "valueString": "Durand"},
+            {"url": "http://x/other", "valueString": "no"},
+        ],
+    }
+    assert evaluate("Patient.extension('http://x/maiden').value", patient) == ["Durand"]
+    acsn = {"type": {"coding": [{"code": "ACSN"}]}, "value": "A1"}
+    uid = {"system": "urn:dicom:uid", "value": "urn:oid:1.2"}
+    doc = {
+        "resourceType": "DocumentReference",
+        "context": {"related": [{"identifier": acsn}, {"identifier": uid}]},
+    }
+    expression = "DocumentReference.context.related.identifier.where(type.coding.code='ACSN')"
+    assert evaluate(expression, doc) == [acsn]
+
+
 # -- unsupported expressions fail at compile time -----------------------------------------------
 
 
@@ -158,7 +179,7 @@ def test_where_resolve_is_understands_absolute_and_versioned_references() -> Non
     "expression",
     [
         "Patient.name.first()",
-        "Patient.extension('http://x')",
+        "Patient.extension(url)",
         "Patient.name.where(use = official)",
         "Patient.telecom.where(system='email' or system='phone')",
         "name.family",

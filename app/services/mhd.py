@@ -1,0 +1,206 @@
+"""IHE MHD 4.2 Document Recipient rules (ITI-65 Provide Document Bundle, Comprehensive
+metadata), checked on the Bundle before it runs: one SubmissionSet List, DocumentReferences
+with the metadata MHD requires, and each document's content present with the size and SHA-1
+hash its DocumentReference declares (FHIR R4 Attachment: base64 SHA-1). The transaction itself is
+the ordinary atomic FHIR transaction; what document writes imply (replacements, imaging
+manifests) is `app.services.documents`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Any
+
+from app.errors import Invalid, Issue, Unprocessable
+
+MHD_LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
+SOURCE_ID_URL = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId"
+DESIGNATION_TYPE_URL = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designationType"
+PROVIDE_BUNDLE_PROFILES = frozenset(
+    f"https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.{name}ProvideBundle"
+    for name in ("Minimal.", "Comprehensive.", "UnContained.Comprehensive.")
+)
+
+
+def _has_code(concept: Any, system: str, code: str) -> bool:
+    codings = concept.get("coding", []) if isinstance(concept, dict) else []
+    return any(c.get("system") == system and c.get("code") == code for c in codings)
+
+
+def is_submission_set(resource: Any) -> bool:
+    """True for a List that is an MHD SubmissionSet."""
+    return (
+        isinstance(resource, dict)
+        and resource.get("resourceType") == "List"
+        and _has_code(resource.get("code"), MHD_LIST_TYPES, "submissionset")
+    )
+
+
+def is_provide_bundle(bundle: dict[str, Any]) -> bool:
+    """An ITI-65 Provide Document Bundle: declared by profile, or carrying a SubmissionSet."""
+    profiles = set((bundle.get("meta") or {}).get("profile") or [])
+    entries = bundle.get("entry") or []
+    return bool(profiles & PROVIDE_BUNDLE_PROFILES) or any(
+        isinstance(e, dict) and is_submission_set(e.get("resource")) for e in entries
+    )
+
+
+def check_provide_bundle(bundle: dict[str, Any]) -> None:
+    """Refuse (400/422, every problem listed) a Provide Document Bundle that MHD would refuse;
+    fill in the size and hash of attachments that leave them out."""
+    problems: list[Issue] = []
+    entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
+    by_url = {str(e["fullUrl"]): e.get("resource") for e in entries if e.get("fullUrl")}
+    lists = [
+        (i, e["resource"]) for i, e in enumerate(entries) if is_submission_set(e.get("resource"))
+    ]
+    if len(lists) != 1:
+        problems.append(
+            Issue(
+                "invalid",
+                f"An ITI-65 Bundle carries exactly one SubmissionSet List ({len(lists)} found)",
+                expression=["Bundle.entry"],
+            )
+        )
+    for i, submission in lists:
+        problems += _check_submission_set(submission, f"Bundle.entry[{i}].resource")
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource")
+        if isinstance(resource, dict) and resource.get("resourceType") == "DocumentReference":
+            problems += _check_document(resource, f"Bundle.entry[{i}].resource", by_url)
+    if problems:
+        invalid = [p for p in problems if p.code != "business-rule"]
+        error = Invalid if invalid else Unprocessable
+        raise error(
+            "The Provide Document Bundle does not meet IHE MHD: "
+            + "; ".join(p.diagnostics for p in problems),
+            issues=problems,
+        )
+
+
+def _check_submission_set(resource: dict[str, Any], where: str) -> list[Issue]:
+    out = []
+    if not any(
+        isinstance(e, dict) and e.get("url") == SOURCE_ID_URL and e.get("valueIdentifier")
+        for e in resource.get("extension", []) or []
+    ):
+        out.append(
+            Issue(
+                "required",
+                "SubmissionSet needs its sourceId extension",
+                expression=[f"{where}.extension"],
+            )
+        )
+    if len(resource.get("identifier", []) or []) < 1:
+        out.append(
+            Issue(
+                "required",
+                "SubmissionSet needs its identifiers (uniqueId, entryUUID)",
+                expression=[f"{where}.identifier"],
+            )
+        )
+    if resource.get("mode") != "working":
+        out.append(
+            Issue("value", "SubmissionSet.mode must be 'working'", expression=[f"{where}.mode"])
+        )
+    if not resource.get("date"):
+        out.append(
+            Issue(
+                "required",
+                "SubmissionSet.date (submission time) is required",
+                expression=[f"{where}.date"],
+            )
+        )
+    if not resource.get("entry"):
+        out.append(
+            Issue(
+                "required",
+                "SubmissionSet lists no DocumentReference",
+                expression=[f"{where}.entry"],
+            )
+        )
+    return out
+
+
+def _check_document(resource: dict[str, Any], where: str, by_url: dict[str, Any]) -> list[Issue]:
+    out = []
+    for field in ("masterIdentifier", "type", "category", "subject", "date", "content"):
+        if not resource.get(field):
+            out.append(
+                Issue(
+                    "required",
+                    f"DocumentReference.{field} is required by MHD",
+                    expression=[f"{where}.{field}"],
+                )
+            )
+    if resource.get("status") != "current":
+        out.append(
+            Issue(
+                "value",
+                "A provided DocumentReference must be 'current'",
+                expression=[f"{where}.status"],
+            )
+        )
+    for k, content in enumerate(resource.get("content", []) or []):
+        attachment = content.get("attachment") if isinstance(content, dict) else None
+        at = f"{where}.content[{k}].attachment"
+        if not isinstance(attachment, dict):
+            continue
+        if not attachment.get("contentType"):
+            out.append(
+                Issue(
+                    "required",
+                    "attachment.contentType is required",
+                    expression=[f"{at}.contentType"],
+                )
+            )
+        data = _content(attachment, by_url)
+        if data is None:
+            out.append(
+                Issue(
+                    "required",
+                    "the document's content is neither in the attachment nor in a Binary of "
+                    "this Bundle",
+                    expression=[f"{at}.url"],
+                )
+            )
+            continue
+        # A Document Source may leave size and hash out: the Recipient fills them in (XDS).
+        digest = base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
+        attachment.setdefault("size", len(data))
+        attachment.setdefault("hash", digest)
+        if attachment["size"] != len(data):
+            out.append(
+                Issue(
+                    "business-rule",
+                    f"attachment.size is {attachment['size']} but the document has "
+                    f"{len(data)} bytes",
+                    expression=[f"{at}.size"],
+                )
+            )
+        if attachment["hash"] != digest:
+            out.append(
+                Issue(
+                    "business-rule",
+                    "attachment.hash (base64 SHA-1) does not match the document's content",
+                    expression=[f"{at}.hash"],
+                )
+            )
+    return out
+
+
+def _content(attachment: dict[str, Any], by_url: dict[str, Any]) -> bytes | None:
+    """The document bytes: inline `data`, or the Binary that `url` names in the Bundle."""
+    encoded = attachment.get("data")
+    if encoded is None:
+        binary = by_url.get(str(attachment.get("url")))
+        if not isinstance(binary, dict) or binary.get("resourceType") != "Binary":
+            return None
+        encoded = binary.get("data")
+    if not isinstance(encoded, str):
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
