@@ -9,7 +9,9 @@ import base64
 import binascii
 from typing import TYPE_CHECKING, Any
 
-from app.errors import Invalid, Issue
+from app.errors import Invalid, Issue, Unprocessable
+from app.fhir.naming import ENDPOINT_ID_SYSTEM
+from app.imaging.kos import imaging_study, parse_kos
 from app.storage.repository import Stored
 
 if TYPE_CHECKING:
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
+RIX_ENDPOINT_ID = "rix-dicomweb"  # in ENDPOINT_ID_SYSTEM, beside the sites' "<site>-<n>"
 
 
 class Documents:
@@ -25,6 +28,7 @@ class Documents:
     def __init__(self, service: ResourceService) -> None:
         self.svc = service
         self.written: list[Stored] = []
+        self._done: set[str] = set()
 
     def on_write(self, stored: Stored) -> None:
         """Repository listener: remember current DocumentReferences as they are written."""
@@ -40,7 +44,39 @@ class Documents:
             current = self.svc.repo.current(stored.type, stored.id)
             if current is None or current.version != stored.version:
                 continue  # rewritten later in this unit: that version is handled instead
+            if current.id in self._done:
+                continue  # our own follow-up write (the link to its study)
+            self._done.add(current.id)
+            self._unique(current)
             self._replacements(current)
+            self._manifest(current)
+
+    def _unique(self, stored: Stored) -> None:
+        """A document's uniqueId (masterIdentifier) names one document (XDS: a second
+        registration is XDSDuplicateUniqueIdInRegistry); a replacement carries a new one."""
+        master = stored.resource.get("masterIdentifier") or {}
+        if not master.get("value"):
+            return
+        token = (
+            f"{master.get('system', '')}|{master['value']}"
+            if master.get("system")
+            else master["value"]
+        )
+        query = self.svc.parser.parse("DocumentReference", [("identifier", token)])
+        for other in self.svc.repo.search(query)[0]:
+            if other.id != stored.id and other.resource.get("masterIdentifier") == master:
+                raise Unprocessable(
+                    f"DocumentReference.masterIdentifier {master['value']} is already registered "
+                    f"(DocumentReference/{other.id}); a new document or a replacement needs a "
+                    "new uniqueId",
+                    issues=[
+                        Issue(
+                            "duplicate",
+                            "XDSDuplicateUniqueIdInRegistry",
+                            expression=["DocumentReference.masterIdentifier"],
+                        )
+                    ],
+                )
 
     def _replacements(self, stored: Stored) -> None:
         for relation in stored.resource.get("relatesTo", []) or []:
@@ -67,6 +103,117 @@ class Documents:
         resource = dict(old.resource)
         resource["status"] = "superseded"
         self.svc.update("DocumentReference", document_id, resource)
+
+    # -- imaging manifests (XDS-I.b) -----------------------------------------------------------
+
+    def _manifest(self, stored: Stored) -> None:
+        """A KOS manifest registers (or updates) its study; the study's earlier manifests are
+        superseded, so a study is never listed twice."""
+        document = stored.resource
+        data = next(
+            (
+                attachment_bytes(self.svc, c["attachment"])
+                for c in document.get("content", []) or []
+                if isinstance(c, dict) and _is_kos(c)
+            ),
+            None,
+        )
+        if data is None:
+            return
+        manifest = parse_kos(data)
+        subject = (document.get("subject") or {}).get("reference")
+        if not isinstance(subject, str) or not subject.startswith("Patient/"):
+            raise Invalid(
+                "An imaging manifest's DocumentReference must name its Patient (subject)",
+                issues=[Issue("required", "subject", expression=["DocumentReference.subject"])],
+            )
+        uid = f"urn:oid:{manifest.study_uid}"
+        study = imaging_study(
+            manifest,
+            patient_reference=subject,
+            endpoint_reference=f"Endpoint/{self._rix_endpoint()}",
+            started_fallback=document.get("date"),
+        )
+        criteria = [("identifier", f"{DICOM_UID_SYSTEM}|{uid}")]
+        found = self.svc.repo.search(self.svc.parser.parse("ImagingStudy", criteria))[0]
+        if found:  # keep what the manifest does not carry (orders, notes, site extensions)
+            study = {**found[0].resource, **study, "id": found[0].id}
+            study_id = self.svc.update("ImagingStudy", found[0].id, study).stored.id
+        else:
+            study_id = self.svc.create("ImagingStudy", study).stored.id
+        self._link(stored, study_id, uid, manifest.accession_number)
+        others = self.svc.repo.search(
+            self.svc.parser.parse(
+                "DocumentReference",
+                [("study-instance-uid", f"{DICOM_UID_SYSTEM}|{uid}"), ("status", "current")],
+            )
+        )[0]
+        for other in others:
+            if other.id != stored.id and any(
+                _is_kos(c) for c in other.resource.get("content", []) if isinstance(c, dict)
+            ):
+                self.supersede(other.id, by=stored)
+
+    def _link(self, stored: Stored, study_id: str, uid: str, accession: str | None) -> None:
+        """The manifest's DocumentReference points at its study (`context.related`), by
+        reference and by Study Instance UID, so reports and priors find each other."""
+        document = stored.resource
+        context = dict(document.get("context") or {})
+        related = list(context.get("related") or [])
+        wanted: list[dict[str, Any]] = [{"reference": f"ImagingStudy/{study_id}"}]
+        if not any(r.get("identifier", {}).get("value") == uid for r in related):
+            wanted.append(
+                {"type": "ImagingStudy", "identifier": {"system": DICOM_UID_SYSTEM, "value": uid}}
+            )
+        if accession and not any(
+            r.get("identifier", {}).get("value") == accession for r in related
+        ):
+            wanted.append({"type": "ServiceRequest", "identifier": _accession(accession)})
+        missing = [w for w in wanted if w not in related]
+        if not missing:
+            return
+        context["related"] = related + missing
+        self.svc.update("DocumentReference", stored.id, {**document, "context": context})
+
+    def _rix_endpoint(self) -> str:
+        """RIX's own DICOMweb (WADO-RS) Endpoint, created on first use: studies point at it,
+        never at a site's internal PACS."""
+        found = self.svc.repo.by_identifier("Endpoint", ENDPOINT_ID_SYSTEM, RIX_ENDPOINT_ID)
+        if found:
+            return found[0].id
+        fhir_base = self.svc.repo.compiler.base_url or "http://localhost:8080/fhir"
+        address = fhir_base.rsplit("/fhir", 1)[0] + "/dicom-web"
+        endpoint = {
+            "resourceType": "Endpoint",
+            "identifier": [{"system": ENDPOINT_ID_SYSTEM, "value": RIX_ENDPOINT_ID}],
+            "status": "active",
+            "connectionType": {
+                "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+                "code": "dicom-wado-rs",
+            },
+            "name": "RIX DICOMweb (WADO-RS)",
+            "payloadType": [{"text": "DICOM"}],
+            "payloadMimeType": ["application/dicom"],
+            "address": address,
+        }
+        return self.svc.repo.create(endpoint).id
+
+
+def _is_kos(content: dict[str, Any]) -> bool:
+    attachment = content.get("attachment") or {}
+    if str(attachment.get("contentType", "")).split(";")[0].strip() != "application/dicom":
+        return False
+    code = (content.get("format") or {}).get("code")
+    return code in (None, KOS_SOP_CLASS, f"urn:oid:{KOS_SOP_CLASS}")
+
+
+def _accession(value: str) -> dict[str, Any]:
+    return {
+        "type": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]
+        },
+        "value": value,
+    }
 
 
 def attachment_bytes(svc: ResourceService, attachment: dict[str, Any]) -> bytes | None:
