@@ -116,22 +116,42 @@ class Vigilance:
 
     def decorate(self, patient_id: str, resource: dict[str, Any]) -> bool:
         """Show the person on an outgoing Patient: `link` (seealso) to the person's other
-        records, and the homonym flag (a meta tag). True when something was added."""
-        changed = False
+        records, and the homonym flag (a meta tag). What RIX computes replaces what a client
+        may have written back: a `seealso` to a record that is no longer the same person, or a
+        stale flag, never leaves. True when the resource changed."""
         records = self.person(patient_id)
         others = sorted(set(records) - {patient_id})
-        links = resource.setdefault("link", []) if others else resource.get("link", [])
-        listed = {x.get("other", {}).get("reference") for x in links if isinstance(x, dict)}
-        for other in others:
-            if f"Patient/{other}" not in listed:
-                links.append({"other": {"reference": f"Patient/{other}"}, "type": "seealso"})
-                changed = True
+        old_links = [x for x in resource.get("link", []) or [] if isinstance(x, dict)]
+
+        def current(link: dict[str, Any]) -> bool:
+            ref = (link.get("other") or {}).get("reference", "")
+            return link.get("type") != "seealso" or ref.removeprefix("Patient/") in others
+
+        links = [x for x in old_links if current(x)]
+        listed = {(x.get("other") or {}).get("reference") for x in links}
+        links += [
+            {"other": {"reference": f"Patient/{o}"}, "type": "seealso"}
+            for o in others
+            if f"Patient/{o}" not in listed
+        ]
+        meta = resource.get("meta") or {}
+        old_tags = [t for t in meta.get("tag", []) or [] if isinstance(t, dict)]
+        tags = [t for t in old_tags if t.get("system") != IDENTITY_FLAG_SYSTEM]
         own = records.get(patient_id)
         if own is not None and own.homonym:
-            tags = resource.setdefault("meta", {}).setdefault("tag", [])
-            if not any(t.get("code") == "homonym" for t in tags if isinstance(t, dict)):
-                tags.append(dict(HOMONYM_TAG))
-                changed = True
+            tags.append(dict(HOMONYM_TAG))
+        changed = False
+        if links != old_links:
+            changed = True
+            if links:
+                resource["link"] = links
+            else:
+                resource.pop("link", None)
+        if tags != old_tags:
+            changed = True
+            resource["meta"] = (
+                {**meta, "tag": tags} if tags else {k: v for k, v in meta.items() if k != "tag"}
+            )
         return changed
 
     def candidates(self, wanted: Traits) -> list[Traits]:

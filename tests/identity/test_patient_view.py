@@ -72,3 +72,28 @@ def test_an_unlinked_record_stays_someone_else_s(client: TestClient, token: Toke
     bundle = client.get("/fhir/ImagingStudy", headers=mine).json()
     assert bundle.get("entry", []) == []
     assert client.get(f"/fhir/ImagingStudy/{study}", headers=mine).status_code == 404
+
+
+def test_a_link_written_back_by_a_client_does_not_outlive_an_unlink(
+    client: TestClient, token: Token
+) -> None:
+    """A site reads its Patient (with the computed `seealso` to the other site's record) and
+    writes it back unchanged; after an operator unlinks the two, the stored copy of that link
+    must not show them as one person any more."""
+    a, b, _study = _setup(client, token, "180077512345678")
+    site = token("site-system", org="423")
+    shown = client.get(f"/fhir/Patient/{a}", headers=site).json()
+    assert {"other": {"reference": f"Patient/{b}"}, "type": "seealso"} in shown["link"]
+    assert client.put(f"/fhir/Patient/{a}", json=shown, headers=site).status_code == 200
+    decision = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "other", "valueReference": {"reference": f"Patient/{b}"}},
+            {"name": "reason", "valueString": "INS attributed to the wrong person"},
+        ],
+    }
+    response = client.post(
+        f"/fhir/Patient/{a}/$unlink", json=decision, headers=token("identity-officer")
+    )
+    assert response.status_code == 200, response.text
+    assert "link" not in client.get(f"/fhir/Patient/{a}", headers=site).json()
