@@ -129,7 +129,9 @@ def _first_given(given: str) -> str:
 def compare(a: Traits, b: Traits) -> tuple[str, float] | None:
     """Why two records might be one person, with a score in [0, 1]; None when they do not
     look alike. Only records with the same (or day/month-transposed) birth date compare."""
-    same_birth = a.birth_date is not None and a.birth_date == b.birth_date
+    if not a.birth_date or not b.birth_date:
+        return None
+    same_birth = a.birth_date == b.birth_date
     swapped = not same_birth and transposed(a.birth_date) == b.birth_date
     if not (same_birth or swapped):
         return None

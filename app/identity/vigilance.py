@@ -178,20 +178,38 @@ class Vigilance:
     def _reconcile(self, stored: Stored) -> None:
         self._lock()
         before = self._members_now({stored.id})
+        old = self.traits([stored.id]).get(stored.id)
+        # Records that were this one's homonyms may not be any more (a corrected birth date,
+        # a deletion): their flags are recomputed at the end.
+        was_alike = self._alike(old) if old else set()
         if stored.deleted:
             self.session.execute(
                 delete(IDENTITY_LINK).where(or_(_LINK.a == stored.id, _LINK.b == stored.id))
             )
             self.session.execute(delete(IDENTITY_RECORD).where(_REC.patient_id == stored.id))
             self._recompute(before - {stored.id})
+            self._set_homonym(was_alike)
             return
         traits = extract(stored.id, stored.resource)
         self._save(traits)
         self._drop_stale_ins_links(traits)
+        self._recompute(before | {stored.id})
         self._ins_links(traits)
         self._site_links(traits, stored.resource)
         self._recompute(before | self._members_now({stored.id}))
         self._screen(traits)
+        self._set_homonym(was_alike)
+
+    def _alike(self, t: Traits) -> set[str]:
+        """Other records with the same names and birth date."""
+        if not t.birth_date or not t.names:
+            return set()
+        rows = self.session.execute(
+            select(IDENTITY_RECORD)
+            .where(_REC.birth_date == t.birth_date, _REC.patient_id != t.patient_id)
+            .limit(_MAX_CANDIDATES)
+        )
+        return {row.patient_id for row in rows if same_name_and_birth(t, _traits(row))}
 
     def _save(self, t: Traits) -> None:
         values = {
@@ -266,7 +284,7 @@ class Vigilance:
             if self._edge(t.patient_id, other) is not None:
                 continue  # already linked, or declared distinct by an operator
             if self._conflict(t.patient_id, other) is None:
-                self._set_edge(t.patient_id, other, LINKED, "ins", f"same trusted INS {t.ins}")
+                self._join(t.patient_id, other, "ins", f"same trusted INS {t.ins}")
 
     def _site_links(self, t: Traits, resource: dict[str, Any]) -> None:
         """A site's own merge: `link` (replaced-by, replaces, seealso) to another record of
@@ -290,9 +308,14 @@ class Vigilance:
                 if self._edge(t.patient_id, target) is None and not self._conflict(
                     t.patient_id, target
                 ):
-                    self._set_edge(
-                        t.patient_id, target, LINKED, "site", f"Patient.link {link.get('type')}"
-                    )
+                    self._join(t.patient_id, target, "site", f"Patient.link {link.get('type')}")
+
+    def _join(self, a: str, b: str, basis: str, reason: str) -> None:
+        """Link two records and relabel their person at once, so that the next decision of
+        the same write sees it (a third record must not bridge two people declared distinct)."""
+        self._set_edge(a, b, LINKED, basis, reason)
+        self._recompute(self._members_now({a, b}))
+        self._close_settled_tasks(self._members_now({a}))
 
     def _conflict(self, a: str, b: str) -> str | None:
         """Why the persons of a and b may not become one (None when they may)."""
@@ -435,6 +458,13 @@ class Vigilance:
             }
         )
 
+    def _close_settled_tasks(self, members: set[str]) -> None:
+        """Open work items about two records that are now one person are settled."""
+        ordered = sorted(members)
+        for i, a in enumerate(ordered):
+            for b in ordered[i + 1 :]:
+                self._close_tasks(a, b, "linked: one person")
+
     def _close_tasks(self, a: str, b: str, outcome: str) -> None:
         for task in self._open_tasks(a, b):
             resource = dict(task.resource)
@@ -464,7 +494,7 @@ class Vigilance:
         before = self._members_now({a, b})
         self._set_edge(a, b, LINKED, "operator", reason)
         self._recompute(before)
-        self._close_tasks(a, b, "linked: one person")
+        self._close_settled_tasks(self._members_now({a}))
         self._set_homonym(before)
         self._persons.clear()
 

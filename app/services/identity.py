@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.errors import Forbidden, Invalid, Issue, NotFound
+from app.fhir import models
 from app.fhir.naming import INS_SYSTEMS
 from app.identity.traits import compare, traits_of
 from app.services.resources import ResourceService
@@ -61,7 +62,8 @@ class IdentityOperations:
                 "sourceIdentifier Patient Identifier not found",
                 issues=[Issue("not-found", "sourceIdentifier Patient Identifier not found")],
             )
-        members = self.identity.members(s.id for s in sources)
+        source_ids = {s.id for s in sources}
+        members = self.identity.members(source_ids)
         records = self._visible_patients(self.repo.live_many({("Patient", m) for m in members}))
         parameters: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = {(system, value)}
@@ -78,7 +80,7 @@ class IdentityOperations:
                 seen.add(key)
                 shown = {k: ident[k] for k in ("use", "type", "system", "value") if k in ident}
                 parameters.append({"name": "targetIdentifier", "valueIdentifier": shown})
-            if matched or not targets:
+            if record.id not in source_ids and (matched or not targets):
                 parameters.append(
                     {"name": "targetId", "valueReference": {"reference": f"Patient/{record.id}"}}
                 )
@@ -104,12 +106,15 @@ class IdentityOperations:
         transposed). Candidates below `possible` are not returned."""
         self.svc.policy.start_operation(self.svc.principal, "match")
         resource, only_certain, count = _match_input(parameters)
+        models.validate(resource, "Patient")  # the same 400 as a create would give
         touch = self.svc.audit.touch("operation", "Patient", query="$match")
         wanted = traits_of("", resource)
         scored: dict[str, tuple[Stored, float, str]] = {}
         for ident in resource.get("identifier", []) or []:
-            if isinstance(ident, dict) and ident.get("value"):
-                for s in self.repo.by_identifier("Patient", ident.get("system"), ident["value"]):
+            # An identifier is certain only with its domain: IPP 1001 names someone else at
+            # every other site.
+            if ident.get("system") and ident.get("value"):
+                for s in self.repo.by_identifier("Patient", ident["system"], ident["value"]):
                     scored[s.id] = (s, 0.99, "certain")
         for candidate in self.identity.candidates(wanted):
             if candidate.patient_id in scored:
@@ -139,7 +144,10 @@ class IdentityOperations:
         self.svc.policy.start_operation(self.svc.principal, name)
         other, reason = _link_input(parameters, name)
         touch = self.svc.audit.touch(
-            "operation", "Patient", items=[f"Patient/{patient_id}", f"Patient/{other}"]
+            "operation",
+            "Patient",
+            items=[f"Patient/{patient_id}", f"Patient/{other}"],
+            query=f"${name} Patient/{patient_id} Patient/{other}: {reason}",
         )
         touch.patients |= {patient_id, other}
         for pid in (patient_id, other):
@@ -176,6 +184,7 @@ class IdentityOperations:
 def _params(parameters: Any, operation: str) -> list[dict[str, Any]]:
     if not isinstance(parameters, dict) or parameters.get("resourceType") != "Parameters":
         raise Invalid(f"${operation} takes a Parameters resource")
+    models.validate(parameters, "Parameters")  # value types checked: 400, never a crash
     params = parameters.get("parameter", [])
     if not isinstance(params, list) or not all(isinstance(p, dict) for p in params):
         raise Invalid("Parameters.parameter must be a list of parameters")
