@@ -116,43 +116,49 @@ class Vigilance:
 
     def decorate(self, patient_id: str, resource: dict[str, Any]) -> bool:
         """Show the person on an outgoing Patient: `link` (seealso) to the person's other
-        records, and the homonym flag (a meta tag). What RIX computes replaces what a client
-        may have written back: a `seealso` to a record that is no longer the same person, or a
-        stale flag, never leaves. True when the resource changed."""
+        records, and the homonym flag (a meta tag). True when something was added."""
         records = self.person(patient_id)
-        others = sorted(set(records) - {patient_id})
-        old_links = [x for x in resource.get("link", []) or [] if isinstance(x, dict)]
-
-        def current(link: dict[str, Any]) -> bool:
-            ref = (link.get("other") or {}).get("reference", "")
-            return link.get("type") != "seealso" or ref.removeprefix("Patient/") in others
-
-        links = [x for x in old_links if current(x)]
+        links = [x for x in resource.get("link", []) or [] if isinstance(x, dict)]
         listed = {(x.get("other") or {}).get("reference") for x in links}
-        links += [
+        added = [
             {"other": {"reference": f"Patient/{o}"}, "type": "seealso"}
-            for o in others
+            for o in sorted(set(records) - {patient_id})
             if f"Patient/{o}" not in listed
         ]
-        meta = resource.get("meta") or {}
-        old_tags = [t for t in meta.get("tag", []) or [] if isinstance(t, dict)]
-        tags = [t for t in old_tags if t.get("system") != IDENTITY_FLAG_SYSTEM]
+        if added:
+            resource["link"] = links + added
         own = records.get(patient_id)
-        if own is not None and own.homonym:
-            tags.append(dict(HOMONYM_TAG))
-        changed = False
-        if links != old_links:
-            changed = True
-            if links:
-                resource["link"] = links
-            else:
-                resource.pop("link", None)
-        if tags != old_tags:
-            changed = True
-            resource["meta"] = (
-                {**meta, "tag": tags} if tags else {k: v for k, v in meta.items() if k != "tag"}
+        if own is None or not own.homonym:
+            return bool(added)
+        tags = (resource.setdefault("meta", {})).setdefault("tag", [])
+        tags.append(dict(HOMONYM_TAG))
+        return True
+
+    def strip_computed(self, patient_id: str | None, resource: dict[str, Any]) -> None:
+        """Before a Patient is stored: drop what `decorate` adds (a client writing back what
+        it read), so a link or a flag is never frozen into the record and outlives an unlink.
+        A `seealso` the client wrote to a record outside the person stays."""
+        members = self.person(patient_id) if patient_id else {}
+        links = [
+            x
+            for x in resource.get("link", []) or []
+            if not (
+                isinstance(x, dict)
+                and x.get("type") == "seealso"
+                and set(x) == {"other", "type"}
+                and set(x.get("other") or {}) == {"reference"}
+                and str(x["other"]["reference"]).removeprefix("Patient/") in members
             )
-        return changed
+        ]
+        if links:
+            resource["link"] = links
+        else:
+            resource.pop("link", None)
+        meta = resource.get("meta")
+        if isinstance(meta, dict) and isinstance(meta.get("tag"), list):
+            meta["tag"] = [t for t in meta["tag"] if t.get("system") != IDENTITY_FLAG_SYSTEM]
+            if not meta["tag"]:
+                del meta["tag"]
 
     def candidates(self, wanted: Traits) -> list[Traits]:
         """Records born on the same date (or with day and month transposed)."""

@@ -84,7 +84,8 @@ class IdentityOperations:
                 parameters.append(
                     {"name": "targetId", "valueReference": {"reference": f"Patient/{record.id}"}}
                 )
-        return {"resourceType": "Parameters", "parameter": parameters}
+        # FHIR JSON has no empty arrays: no cross-reference is a Parameters without parameter.
+        return {"resourceType": "Parameters", **({"parameter": parameters} if parameters else {})}
 
     def _known_domain(self, system: str) -> bool:
         """An identifier domain RIX knows: a site's namespace, the INS, or one in use."""

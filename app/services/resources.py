@@ -202,6 +202,8 @@ class ResourceService:
     ) -> dict[str, Any]:
         self.registry.get(type_name)
         resource = models.validate(body, type_name)
+        if type_name == "Patient":
+            self.identity.strip_computed(resource_id or resource.get("id"), resource)
         if resource_id is not None and resource.get("id") != resource_id:
             if "id" not in resource:
                 raise Invalid(
