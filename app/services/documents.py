@@ -55,18 +55,15 @@ class Documents:
         """A document's uniqueId (masterIdentifier) names one document (XDS: a second
         registration is XDSDuplicateUniqueIdInRegistry); a replacement carries a new one."""
         master = stored.resource.get("masterIdentifier") or {}
-        if not master.get("value"):
+        value = master.get("value")
+        if not value:
             return
-        token = (
-            f"{master.get('system', '')}|{master['value']}"
-            if master.get("system")
-            else master["value"]
-        )
-        query = self.svc.parser.parse("DocumentReference", [("identifier", token)])
+        query = self.svc.parser.parse("DocumentReference", [("identifier", _escape(value))])
         for other in self.svc.repo.search(query)[0]:
-            if other.id != stored.id and other.resource.get("masterIdentifier") == master:
+            theirs = other.resource.get("masterIdentifier") or {}
+            if other.id != stored.id and theirs.get("value") == value:
                 raise Unprocessable(
-                    f"DocumentReference.masterIdentifier {master['value']} is already registered "
+                    f"DocumentReference.masterIdentifier {value} is already registered "
                     f"(DocumentReference/{other.id}); a new document or a replacement needs a "
                     "new uniqueId",
                     issues=[
@@ -82,9 +79,15 @@ class Documents:
         for relation in stored.resource.get("relatesTo", []) or []:
             if not isinstance(relation, dict) or relation.get("code") != "replaces":
                 continue
-            ref = (relation.get("target") or {}).get("reference", "")
-            if not isinstance(ref, str) or not ref.startswith("DocumentReference/"):
-                continue
+            ref = str((relation.get("target") or {}).get("reference", ""))
+            base = self.svc.repo.compiler.base_url
+            if base and ref.startswith(f"{base}/"):  # our own absolute URL is the same reference
+                ref = ref[len(base) + 1 :]
+            if not ref.startswith("DocumentReference/"):
+                raise Invalid(
+                    f"relatesTo.target '{ref}' is not a DocumentReference of this server",
+                    issues=[Issue("value", "bad relatesTo.target", expression=["relatesTo"])],
+                )
             self.supersede(ref.split("/", 1)[1], by=stored)
 
     def supersede(self, document_id: str, *, by: Stored) -> None:
@@ -97,6 +100,12 @@ class Documents:
                 f"DocumentReference/{by.id} replaces DocumentReference/{document_id}, which is "
                 "not known",
                 issues=[Issue("not-found", "relatesTo.target is not known")],
+            )
+        if old.resource.get("subject") != by.resource.get("subject"):
+            raise Unprocessable(
+                f"DocumentReference/{by.id} would replace DocumentReference/{document_id}, a "
+                "document about another patient (XDSPatientIdDoesNotMatch)",
+                issues=[Issue("business-rule", "XDSPatientIdDoesNotMatch")],
             )
         if old.resource.get("status") == "superseded":
             return
@@ -136,6 +145,12 @@ class Documents:
         )
         criteria = [("identifier", f"{DICOM_UID_SYSTEM}|{uid}")]
         found = self.svc.repo.search(self.svc.parser.parse("ImagingStudy", criteria))[0]
+        if found and found[0].resource.get("subject") != study["subject"]:
+            raise Unprocessable(
+                f"Study {manifest.study_uid} is registered for another patient "
+                f"(ImagingStudy/{found[0].id}); a manifest cannot move it",
+                issues=[Issue("business-rule", "XDSPatientIdDoesNotMatch")],
+            )
         if found:  # keep what the manifest does not carry (orders, notes, site extensions)
             study = {**found[0].resource, **study, "id": found[0].id}
             study_id = self.svc.update("ImagingStudy", found[0].id, study).stored.id
@@ -199,6 +214,17 @@ class Documents:
         return self.svc.repo.create(endpoint).id
 
 
+def is_manifest(document: dict[str, Any]) -> bool:
+    """True for an imaging manifest's DocumentReference (a KOS, or a MADO FHIR manifest)."""
+    for content in document.get("content", []) or []:
+        if not isinstance(content, dict):
+            continue
+        code = str((content.get("format") or {}).get("code") or "")
+        if _is_kos(content) or code.startswith("urn:ihe:rad:MADO"):
+            return True
+    return False
+
+
 def _is_kos(content: dict[str, Any]) -> bool:
     attachment = content.get("attachment") or {}
     if str(attachment.get("contentType", "")).split(";")[0].strip() != "application/dicom":
@@ -214,6 +240,11 @@ def _accession(value: str) -> dict[str, Any]:
         },
         "value": value,
     }
+
+
+def _escape(value: str) -> str:
+    """A token search value with FHIR's special characters escaped."""
+    return value.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
 
 
 def attachment_bytes(svc: ResourceService, attachment: dict[str, Any]) -> bytes | None:

@@ -65,6 +65,7 @@ def check_provide_bundle(bundle: dict[str, Any]) -> None:
         )
     for i, submission in lists:
         problems += _check_submission_set(submission, f"Bundle.entry[{i}].resource")
+    problems += _check_membership(entries, [submission for _, submission in lists])
     for i, entry in enumerate(entries):
         resource = entry.get("resource")
         if isinstance(resource, dict) and resource.get("resourceType") == "DocumentReference":
@@ -77,6 +78,45 @@ def check_provide_bundle(bundle: dict[str, Any]) -> None:
             + "; ".join(p.diagnostics for p in problems),
             issues=problems,
         )
+
+
+def _check_membership(entries: list[dict[str, Any]], lists: list[dict[str, Any]]) -> list[Issue]:
+    """Every document is a member of the SubmissionSet, about the SubmissionSet's patient
+    (XDS: XDSPatientIdDoesNotMatch)."""
+    out: list[Issue] = []
+    if len(lists) != 1:
+        return out
+    submission = lists[0]
+    members = {(e.get("item") or {}).get("reference") for e in submission.get("entry", []) or []}
+    patient = (submission.get("subject") or {}).get("reference")
+    subjects = set()
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource")
+        if not isinstance(resource, dict) or resource.get("resourceType") != "DocumentReference":
+            continue
+        where = f"Bundle.entry[{i}].resource"
+        if entry.get("fullUrl") not in members:
+            out.append(
+                Issue(
+                    "invalid",
+                    "a DocumentReference of the Bundle is not an entry of the SubmissionSet",
+                    expression=[where],
+                )
+            )
+        subject = (resource.get("subject") or {}).get("reference")
+        subjects.add(subject)
+        if patient and subject != patient:
+            out.append(
+                Issue(
+                    "invalid",
+                    "XDSPatientIdDoesNotMatch: the document's subject is not the "
+                    "SubmissionSet's patient",
+                    expression=[f"{where}.subject"],
+                )
+            )
+    if not patient and len(subjects) > 1:
+        out.append(Issue("invalid", "XDSPatientIdDoesNotMatch: documents of several patients"))
+    return out
 
 
 def _check_submission_set(resource: dict[str, Any], where: str) -> list[Issue]:
