@@ -14,6 +14,13 @@ and ``CodeSystem-*.json`` files) and writes, deterministically (sorted keys,
 * ``app/fhir/data/required_bindings.json`` -- per supported resource type (plus
   ``Bundle``), the ``code``-typed elements with a *required* binding whose value
   set can be fully expanded from the package: ``{path, codes, valueSet}``.
+* ``app/fhir/data/elements.json`` -- for every R4 resource, complex data type and
+  backbone element, its child elements in definition order (what the XML format
+  needs, FHIR R4 xml.html): ``[name, type, "*" when it repeats]``, where type is a
+  primitive type name, ``"@"`` for an XML attribute (``Element.id``,
+  ``Extension.url``), ``"xhtml"``, ``"Resource"``, a data type name, the path of a
+  backbone element (``"Patient.contact"``) or, for a choice ``value[x]``, the list
+  of its types. ``resources`` lists the concrete resource types.
 
 A summary of the FHIRPath constructs used by the kept expressions, and of the
 bindings that were skipped, is printed to stdout.
@@ -394,12 +401,87 @@ def build_required_bindings(
 
 
 # --------------------------------------------------------------------------
+# Element layouts (the XML format)
+# --------------------------------------------------------------------------
+
+FHIR_TYPE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+
+
+def _element_type(element: Json, path: str) -> str | list[str]:
+    """The type of one snapshot element as elements.json writes it."""
+    if "xmlAttr" in element.get("representation", []):
+        return "@"
+    if "contentReference" in element:
+        return str(element["contentReference"]).lstrip("#")
+    codes: list[str] = []
+    for type_ in element.get("type", []):
+        code = str(type_["code"])
+        if code.startswith("http://hl7.org/fhirpath/System."):
+            urls = [
+                str(e["valueUrl"])
+                for e in type_.get("extension", [])
+                if e.get("url") == FHIR_TYPE_EXTENSION
+            ]
+            code = urls[0] if urls else "string"
+        codes.append(path if code in ("BackboneElement", "Element") else code)
+    if path.endswith("[x]"):
+        return codes
+    if len(codes) != 1:
+        raise ValueError(f"{path}: expected one type, got {codes}")
+    return codes[0]
+
+
+def build_element_layouts(package: Path) -> Json:
+    """Every resource, complex type and backbone element with its children in order."""
+    layouts: dict[str, list[list[Any]]] = {}
+    resources: list[str] = []
+    for path in sorted(package.glob("StructureDefinition-*.json")):
+        sd = load_json(path)
+        if sd.get("derivation") != "specialization" or sd.get("kind") not in (
+            "resource",
+            "complex-type",
+        ):
+            continue
+        if sd["kind"] == "resource" and not sd.get("abstract"):
+            resources.append(str(sd["type"]))
+        for element in sd["snapshot"]["element"]:
+            element_path = str(element["path"])
+            if "." not in element_path:
+                continue
+            parent, name = element_path.rsplit(".", 1)
+            entry: list[Any] = [name, _element_type(element, element_path)]
+            if element.get("max") != "1":
+                entry.append("*")
+            layouts.setdefault(parent, []).append(entry)
+    for parent, entries in layouts.items():
+        for entry in entries:
+            for type_ in entry[1] if isinstance(entry[1], list) else [entry[1]]:
+                if type_[:1].isupper() and type_ != "Resource" and type_ not in layouts:
+                    raise ValueError(f"{parent}.{entry[0]}: no layout for type {type_}")
+    return {"resources": sorted(resources), "elements": dict(sorted(layouts.items()))}
+
+
+def write_layouts(path: Path, data: Json) -> None:
+    """elements.json: one line per layout, so the file stays small and diffs stay readable."""
+    lines = [
+        f"  {json.dumps(name)}: {json.dumps(entries, separators=(',', ':'))}"
+        for name, entries in data["elements"].items()
+    ]
+    text = (
+        f'{{\n "resources": {json.dumps(data["resources"])},\n "elements": {{\n'
+        + ",\n".join(lines)
+        + "\n }\n}\n"
+    )
+    path.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
 
 
 def main(argv: list[str]) -> int:
-    """Generate both data files; return a process exit status."""
+    """Generate the data files; return a process exit status."""
     if len(argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         return 2
@@ -414,6 +496,8 @@ def main(argv: list[str]) -> int:
     write_json(out_dir / "search_parameters.json", params)
     bindings, skipped, content_refs = build_required_bindings(package, Terminology(package))
     write_json(out_dir / "required_bindings.json", bindings)
+    layouts = build_element_layouts(package)
+    write_layouts(out_dir / "elements.json", layouts)
 
     print(f"wrote {out_dir / 'search_parameters.json'}")
     for resource_type, entries in params.items():
@@ -438,6 +522,7 @@ def main(argv: list[str]) -> int:
     print("required bindings skipped:")
     for note in skipped:
         print(f"  {note}")
+    print(f"wrote {out_dir / 'elements.json'}: {len(layouts['elements'])} layouts")
     print("contentReference elements (reuse the referenced element's paths):")
     for note in content_refs:
         print(f"  {note}")

@@ -1,4 +1,5 @@
-"""Every error leaves as an OperationOutcome with the right status and the correlation id."""
+"""Every error leaves as an OperationOutcome with the right status and the correlation id, in
+the format the client asked for (JSON when that format is what cannot be given)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.responses import Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from app.api.media import fhir_response
+from app.api.media import error_format, fhir_response
 from app.errors import FhirError, Issue
 from app.fhir.bundles import operation_outcome
 
@@ -39,9 +40,8 @@ def request_id(request: Request) -> str | None:
 
 def render(request: Request, error: FhirError) -> Response:
     """The OperationOutcome response for a domain error."""
-    return fhir_response(
-        operation_outcome(error.issues, request_id(request)), error.status, error.headers
-    )
+    outcome = operation_outcome(error.issues, request_id(request))
+    return fhir_response(outcome, error.status, error.headers, error_format(request))
 
 
 def install(app: FastAPI) -> None:
@@ -57,7 +57,8 @@ def install(app: FastAPI) -> None:
             Issue("invalid", f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
             for e in exc.errors()
         ]
-        return fhir_response(operation_outcome(issues, request_id(request)), 400)
+        outcome = operation_outcome(issues, request_id(request))
+        return fhir_response(outcome, 400, fmt=error_format(request))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:
@@ -66,15 +67,15 @@ def install(app: FastAPI) -> None:
             status, str(exc.detail)
         )
         issue = Issue(_HTTP_CODES.get(status, "processing"), text)
-        return fhir_response(
-            operation_outcome([issue], request_id(request)), status, dict(exc.headers or {})
-        )
+        outcome = operation_outcome([issue], request_id(request))
+        return fhir_response(outcome, status, dict(exc.headers or {}), error_format(request))
 
     @app.exception_handler(OperationalError)
     async def _database(request: Request, exc: OperationalError) -> Response:
         log.error("database unavailable (request %s): %s", request_id(request), exc)
         issue = Issue("transient", "The database is unavailable; retry later")
-        return fhir_response(operation_outcome([issue], request_id(request)), 503)
+        outcome = operation_outcome([issue], request_id(request))
+        return fhir_response(outcome, 503, fmt=error_format(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -83,4 +84,4 @@ def install(app: FastAPI) -> None:
         # Starlette answers this one outside the middleware stack: echo the request id here.
         rid = request_id(request)
         headers = {"X-Request-Id": rid} if rid else None
-        return fhir_response(operation_outcome([issue], rid), 500, headers)
+        return fhir_response(operation_outcome([issue], rid), 500, headers, error_format(request))

@@ -1,7 +1,7 @@
 """The FHIR REST edge: ONE table of interactions, registered for every type of the registry.
 
-Handlers parse the wire format, call the resource service, and render FHIR JSON; no business
-rules and no SQL live here.
+Handlers parse the wire format, call the resource service, and render FHIR JSON or XML; no
+business rules and no SQL live here.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ from app.services.resources import ResourceService
 from app.services.runtime import Runtime
 from app.storage.repository import Stored
 
-_FHIR_JSON_CONTENT = {media.FHIR_JSON: {"schema": {"type": "object"}}}
-_OUTCOME = {"description": "OperationOutcome", "content": _FHIR_JSON_CONTENT}
+# OpenAPI: every FHIR answer and body comes in JSON or XML (the XML as a document).
+_FHIR_CONTENT = {
+    media.FHIR_JSON: {"schema": {"type": "object"}},
+    media.FHIR_XML: {"schema": {"type": "string"}},
+}
+_OUTCOME = {"description": "OperationOutcome", "content": _FHIR_CONTENT}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: _OUTCOME for code in (400, 401, 403, 404, 405, 406, 409, 410, 412, 415, 422)
 }
@@ -67,6 +71,11 @@ def _criteria(request: Request) -> list[tuple[str, str]]:
     return [(k, v) for k, v in query_pairs(request) if k not in ("_format", "_pretty")]
 
 
+def _result_pairs(request: Request) -> list[tuple[str, str]]:
+    """Search and history parameters: `_format` stays, so that paging links keep it."""
+    return [(k, v) for k, v in query_pairs(request) if k != "_pretty"]
+
+
 def _prefer(request: Request, name: str) -> str | None:
     for part in request.headers.get("prefer", "").split(","):
         key, _, value = part.strip().partition("=")
@@ -101,7 +110,7 @@ def resource_headers(stored: Stored, base: str, *, location: bool = False) -> di
     return headers
 
 
-def _written(request: Request, stored: Stored, status: int) -> Response:
+def _written(request: Request, stored: Stored, status: int, fmt: str) -> Response:
     base = base_url(request)
     headers = resource_headers(stored, base, location=status == 201)
     prefer = _prefer(request, "return")
@@ -109,8 +118,9 @@ def _written(request: Request, stored: Stored, status: int) -> Response:
         return media.fhir_response(None, status, headers)
     if prefer == "OperationOutcome":
         text = f"{stored.type}/{stored.id} version {stored.version} stored"
-        return media.fhir_response(information(text, request_id(request)), status, headers)
-    return media.fhir_response(stored.content, status, headers)
+        outcome = information(text, request_id(request))
+        return media.fhir_response(outcome, status, headers, fmt)
+    return media.fhir_response(stored.content, status, headers, fmt)
 
 
 def _lenient(request: Request) -> bool:
@@ -125,7 +135,7 @@ class Interactions:
 
     async def search(self, request: Request) -> Response:
         """search-type: GET [base]/[type]?params"""
-        return await self._search(request, _criteria(request))
+        return await self._search(request, _result_pairs(request))
 
     async def search_post(self, request: Request) -> Response:
         """search-type: POST [base]/[type]/_search (form body)."""
@@ -133,10 +143,10 @@ class Interactions:
         if kind and kind != "application/x-www-form-urlencoded":
             raise Invalid("POST _search takes application/x-www-form-urlencoded parameters")
         form = parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True)
-        return await self._search(request, _criteria(request) + form)
+        return await self._search(request, _result_pairs(request) + form)
 
     async def _search(self, request: Request, pairs: list[tuple[str, str]]) -> Response:
-        media.wanted_format(request)
+        fmt = media.wanted_format(request)
         base = base_url(request)
 
         def run() -> dict[str, Any]:
@@ -144,12 +154,12 @@ class Interactions:
                 result = svc.search(self.type, pairs, lenient=_lenient(request))
                 return rendering.searchset(base, f"{base}/{self.type}", result)
 
-        return media.fhir_response(await run_in_threadpool(run))
+        return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
 
     async def create(self, request: Request) -> Response:
         """create (and conditional create: If-None-Exist header or query-string criteria)."""
-        media.wanted_format(request)
-        body = await media.read_json(request)
+        fmt = media.wanted_format(request)
+        body = await media.read_resource(request)
         criteria = _criteria(request)
         header = request.headers.get("if-none-exist")
         if header:
@@ -161,30 +171,30 @@ class Interactions:
                 return written.stored, written.status
 
         stored, status = await run_in_threadpool(run)
-        return _written(request, stored, status)
+        return _written(request, stored, status, fmt)
 
     async def read(self, request: Request, id: str) -> Response:
         """read: GET [base]/[type]/[id]"""
-        media.wanted_format(request)
+        fmt = media.wanted_format(request)
 
         def run() -> Stored:
             with unit_of_work(request) as svc:
                 return svc.read(self.type, id)
 
         stored = await run_in_threadpool(run)
-        return self._render_read(request, stored)
+        return self._render_read(request, stored, fmt)
 
     async def vread(self, request: Request, id: str, vid: str) -> Response:
         """vread: GET [base]/[type]/[id]/_history/[vid]"""
-        media.wanted_format(request)
+        fmt = media.wanted_format(request)
 
         def run() -> Stored:
             with unit_of_work(request) as svc:
                 return svc.vread(self.type, id, vid)
 
-        return self._render_read(request, await run_in_threadpool(run))
+        return self._render_read(request, await run_in_threadpool(run), fmt)
 
-    def _render_read(self, request: Request, stored: Stored) -> Response:
+    def _render_read(self, request: Request, stored: Stored, fmt: str) -> Response:
         headers = resource_headers(stored, base_url(request))
         if _none_match(request, headers["ETag"]):
             return Response(status_code=304, headers=headers)
@@ -192,13 +202,14 @@ class Interactions:
         summary = request.query_params.get("_summary")
         if elements or summary == "data":
             fields = [e.strip() for e in (elements or "").split(",") if e.strip()] or None
-            return media.fhir_response(subset(stored.resource, fields, summary), headers=headers)
-        return media.fhir_response(stored.content, headers=headers)
+            shown = subset(stored.resource, fields, summary)
+            return media.fhir_response(shown, headers=headers, fmt=fmt)
+        return media.fhir_response(stored.content, headers=headers, fmt=fmt)
 
     async def update(self, request: Request, id: str) -> Response:
         """update (update-as-create when the id is new): PUT [base]/[type]/[id]"""
-        media.wanted_format(request)
-        body = await media.read_json(request)
+        fmt = media.wanted_format(request)
+        body = await media.read_resource(request)
         if_match = _if_match(request)
 
         def run() -> tuple[Stored, int]:
@@ -207,12 +218,12 @@ class Interactions:
                 return written.stored, written.status
 
         stored, status = await run_in_threadpool(run)
-        return _written(request, stored, status)
+        return _written(request, stored, status, fmt)
 
     async def conditional_update(self, request: Request) -> Response:
         """conditional update: PUT [base]/[type]?criteria"""
-        media.wanted_format(request)
-        body = await media.read_json(request)
+        fmt = media.wanted_format(request)
+        body = await media.read_resource(request)
         criteria, if_match = _criteria(request), _if_match(request)
 
         def run() -> tuple[Stored, int]:
@@ -221,11 +232,11 @@ class Interactions:
                 return written.stored, written.status
 
         stored, status = await run_in_threadpool(run)
-        return _written(request, stored, status)
+        return _written(request, stored, status, fmt)
 
     async def patch(self, request: Request, id: str) -> Response:
         """patch (JSON Patch): PATCH [base]/[type]/[id]"""
-        media.wanted_format(request)
+        fmt = media.wanted_format(request)
         ops = await media.read_json(request, allow={media.JSON_PATCH})
         if_match = _if_match(request)
 
@@ -233,11 +244,11 @@ class Interactions:
             with unit_of_work(request, write=True) as svc:
                 return svc.patch(self.type, id, ops, if_match).stored
 
-        return _written(request, await run_in_threadpool(run), 200)
+        return _written(request, await run_in_threadpool(run), 200, fmt)
 
     async def conditional_patch(self, request: Request) -> Response:
         """conditional patch: PATCH [base]/[type]?criteria"""
-        media.wanted_format(request)
+        fmt = media.wanted_format(request)
         ops = await media.read_json(request, allow={media.JSON_PATCH})
         criteria, if_match = _criteria(request), _if_match(request)
 
@@ -245,7 +256,7 @@ class Interactions:
             with unit_of_work(request, write=True) as svc:
                 return svc.conditional_patch(self.type, criteria, ops, if_match).stored
 
-        return _written(request, await run_in_threadpool(run), 200)
+        return _written(request, await run_in_threadpool(run), 200, fmt)
 
     async def delete(self, request: Request, id: str) -> Response:
         """delete: DELETE [base]/[type]/[id] (a tombstone; history is kept)."""
@@ -261,6 +272,7 @@ class Interactions:
 
     async def conditional_delete(self, request: Request) -> Response:
         """conditional delete: DELETE [base]/[type]?criteria (one match at most)."""
+        fmt = media.wanted_format(request)
         criteria = _criteria(request)
 
         def run() -> Stored | None:
@@ -270,7 +282,7 @@ class Interactions:
         stored = await run_in_threadpool(run)
         if stored is None:
             text = f"No {self.type} matched; nothing deleted"
-            return media.fhir_response(information(text, request_id(request)), 200)
+            return media.fhir_response(information(text, request_id(request)), 200, fmt=fmt)
         return media.fhir_response(None, 204, {"ETag": f'W/"{stored.version}"'})
 
     async def history_type(self, request: Request) -> Response:
@@ -283,16 +295,16 @@ class Interactions:
 
 
 async def _history(request: Request, type_name: str | None, resource_id: str | None) -> Response:
-    media.wanted_format(request)
+    fmt = media.wanted_format(request)
     base = base_url(request)
     url = "/".join(p for p in (base, type_name, resource_id) if p) + "/_history"
-    pairs = _criteria(request)
+    pairs = _result_pairs(request)
 
     def run() -> dict[str, Any]:
         with unit_of_work(request) as svc:
             return rendering.history(base, url, pairs, svc.history(type_name, resource_id, pairs))
 
-    return media.fhir_response(await run_in_threadpool(run))
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
 
 
 async def history_system(request: Request) -> Response:
@@ -302,8 +314,8 @@ async def history_system(request: Request) -> Response:
 
 async def batch_or_transaction(request: Request) -> Response:
     """batch / transaction: POST [base] with a Bundle (FHIR R4 http.html#transaction)."""
-    media.wanted_format(request)
-    body = await media.read_json(request)
+    fmt = media.wanted_format(request)
+    body = await media.read_resource(request)
     base = base_url(request)
     return_pref = _prefer(request, "return") or "representation"
 
@@ -317,14 +329,15 @@ async def batch_or_transaction(request: Request) -> Response:
             request_id=request_id(request),
         )
 
-    return media.fhir_response(await run_in_threadpool(run))
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
 
 
 async def metadata(request: Request) -> Response:
     """capabilities: GET [base]/metadata (no authentication)."""
-    media.wanted_format(request)
+    fmt = media.wanted_format(request)
     rt = runtime(request)
-    return media.fhir_response(capability_statement(rt.registry, base_url(request), rt.settings))
+    statement = capability_statement(rt.registry, base_url(request), rt.settings)
+    return media.fhir_response(statement, fmt=fmt)
 
 
 # The interaction table: (method, path under /fhir/{type}, handler, FHIR interaction, summary).
@@ -344,10 +357,13 @@ TYPE_ROUTES = (
     ("GET", "/{id}/_history/{vid}", "vread", "vread", "vread"),
 )
 
-_JSON_BODY = {
+_RESOURCE_BODY = {
     "requestBody": {
         "required": True,
-        "content": {t: {"schema": {"type": "object"}} for t in sorted(media.JSON_TYPES)},
+        "content": {
+            **{t: {"schema": {"type": "object"}} for t in sorted(media.JSON_TYPES)},
+            **{t: {"schema": {"type": "string"}} for t in sorted(media.XML_TYPES)},
+        },
     }
 }
 _PATCH_BODY = {
@@ -366,7 +382,7 @@ def build_router(rt: Runtime) -> tuple[APIRouter, APIRouter]:
     public = APIRouter(prefix="/fhir", responses=_ERRORS)
     router = APIRouter(prefix="/fhir", responses=_ERRORS, dependencies=[Depends(authenticate)])
     ok: dict[int | str, dict[str, Any]] = {
-        200: {"description": "FHIR resource or Bundle", "content": _FHIR_JSON_CONTENT}
+        200: {"description": "FHIR resource or Bundle", "content": _FHIR_CONTENT}
     }
     public.add_api_route(
         "/metadata",
@@ -385,7 +401,7 @@ def build_router(rt: Runtime) -> tuple[APIRouter, APIRouter]:
         summary="batch / transaction",
         responses=ok,
         response_class=Response,
-        openapi_extra=_JSON_BODY,
+        openapi_extra=_RESOURCE_BODY,
     )
     # fhirclient posts transactions to `[base]/`: answer there too rather than redirect a POST.
     router.add_api_route(
@@ -408,7 +424,7 @@ def build_router(rt: Runtime) -> tuple[APIRouter, APIRouter]:
     # the operations module builds on this one's helpers.)
     from app.api.operations import add_operations
 
-    add_operations(router, ok, _JSON_BODY)
+    add_operations(router, ok, _RESOURCE_BODY)
     for type_name in rt.registry.names():
         handlers = Interactions(type_name)
         supported = rt.registry.get(type_name).interactions
@@ -417,12 +433,12 @@ def build_router(rt: Runtime) -> tuple[APIRouter, APIRouter]:
                 continue  # e.g. AuditEvent is immutable: PUT/PATCH/DELETE answer 405
             extra = None
             if method in ("POST", "PUT") and name != "search_post":
-                extra = _JSON_BODY
+                extra = _RESOURCE_BODY
             elif method == "PATCH":
                 extra = _PATCH_BODY
             responses: dict[int | str, dict[str, Any]] = dict(ok)
             if name in ("create", "update", "conditional_update"):
-                responses[201] = {"description": "Created", "content": _FHIR_JSON_CONTENT}
+                responses[201] = {"description": "Created", "content": _FHIR_CONTENT}
             if name in ("delete", "conditional_delete"):
                 responses[204] = {"description": "Deleted"}
             router.add_api_route(

@@ -13,14 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from app.api import media
 from app.api.fhir import base_url, unit_of_work
 from app.errors import Invalid
+from app.fhir import models
 from app.fhir.bundles import bundle
-from app.services import sites
+from app.services import manifests, priors, rendering, sites
 from app.services.identity import MATCH_GRADE_URL, IdentityOperations
 
 
 async def pix_get(request: Request) -> Response:
     """ITI-83 Get Corresponding Identifiers: GET [base]/Patient/$ihe-pix?sourceIdentifier=..."""
-    media.wanted_format(request)
+    fmt = media.wanted_format(request)
     source, targets = None, []
     for key, value in request.query_params.multi_items():
         if key == "sourceIdentifier":
@@ -31,15 +32,16 @@ async def pix_get(request: Request) -> Response:
             targets += [t for t in value.split(",") if t]
         elif key not in ("_format", "_pretty"):
             raise Invalid(f"$ihe-pix has no parameter '{key}'")
-    return await _pix(request, source, targets)
+    return await _pix(request, source, targets, fmt)
 
 
 async def pix_post(request: Request) -> Response:
     """ITI-83 Get Corresponding Identifiers, POST form (a Parameters resource)."""
-    media.wanted_format(request)
-    body = await media.read_json(request)
+    fmt = media.wanted_format(request)
+    body = await media.read_resource(request)
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise Invalid("POST $ihe-pix takes a Parameters resource")
+    models.validate(body, "Parameters")  # value types checked: a 400, never a crash
     source, targets = None, []
     for p in body.get("parameter", []) or []:
         name = p.get("name") if isinstance(p, dict) else None
@@ -56,10 +58,10 @@ async def pix_post(request: Request) -> Response:
                 targets.append(target)
         else:
             raise Invalid(f"$ihe-pix has no parameter '{name}'")
-    return await _pix(request, source, targets)
+    return await _pix(request, source, targets, fmt)
 
 
-async def _pix(request: Request, source: str | None, targets: list[str]) -> Response:
+async def _pix(request: Request, source: str | None, targets: list[str], fmt: str) -> Response:
     if not source:
         raise Invalid("$ihe-pix needs sourceIdentifier=system|value")
 
@@ -67,15 +69,15 @@ async def _pix(request: Request, source: str | None, targets: list[str]) -> Resp
         with unit_of_work(request) as svc:
             return IdentityOperations(svc).pix(source, targets)
 
-    return media.fhir_response(await run_in_threadpool(run))
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
 
 
 async def match(request: Request) -> Response:
     """ITI-119 Patient Demographics Match: POST [base]/Patient/$match with a Parameters
     resource (`resource`, `onlyCertainMatches`, `count`); a searchset Bundle of scored
     candidates with the match-grade extension."""
-    media.wanted_format(request)
-    body = await media.read_json(request)
+    fmt = media.wanted_format(request)
+    body = await media.read_resource(request)
     base = base_url(request)
 
     def run() -> dict[str, Any]:
@@ -95,7 +97,7 @@ async def match(request: Request) -> Response:
         ]
         return bundle("searchset", entries, total=len(entries), links=[])
 
-    return media.fhir_response(await run_in_threadpool(run))
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
 
 
 async def link(request: Request, id: str) -> Response:
@@ -109,30 +111,72 @@ async def unlink(request: Request, id: str) -> Response:
 
 
 async def _decide(request: Request, patient_id: str, *, unlink: bool) -> Response:
-    media.wanted_format(request)
-    body = await media.read_json(request)
+    fmt = media.wanted_format(request)
+    body = await media.read_resource(request)
 
     def run() -> dict[str, Any]:
         with unit_of_work(request, write=True) as svc:
             return IdentityOperations(svc).link(patient_id, body, unlink=unlink)
 
-    return media.fhir_response(await run_in_threadpool(run))
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
 
 
 async def endpoint_health(request: Request) -> Response:
     """Site registry: GET [base]/Endpoint/$health, each endpoint's last successful contact and
     last error (administrators)."""
-    media.wanted_format(request)
+    fmt = media.wanted_format(request)
 
     def run() -> dict[str, Any]:
         with unit_of_work(request) as svc:
             return sites.health_report(svc)
 
-    return media.fhir_response(await run_in_threadpool(run))
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
+
+
+async def priors_of(request: Request, id: str) -> Response:
+    """The priors list: GET [base]/Patient/{id}/$priors[?modality=&since=&until=&_count=]."""
+    return await _priors(request, id)
+
+
+async def priors_by_identifier(request: Request) -> Response:
+    """The priors list by identifier: GET [base]/Patient/$priors?identifier=system|value."""
+    return await _priors(request, None)
+
+
+async def _priors(request: Request, patient_id: str | None) -> Response:
+    fmt = media.wanted_format(request)
+    base = base_url(request)
+    pairs = list(request.query_params.multi_items())
+
+    def run() -> dict[str, Any]:
+        with unit_of_work(request) as svc:
+            found = priors.priors(svc, patient_id, pairs)
+        url = f"{base}/Patient/{found.patient_id}/$priors"
+        return rendering.searchset(base, url, found.result)
+
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
+
+
+async def study_kos(request: Request, id: str) -> Response:
+    """XDS-I.b: GET [base]/ImagingStudy/{id}/$kos, the study as a DICOM Key Object Selection
+    manifest (application/dicom, PS3.3 A.35.4)."""
+
+    def run() -> bytes:
+        with unit_of_work(request) as svc:
+            return manifests.kos_of(svc, id)
+
+    return Response(
+        content=await run_in_threadpool(run),
+        media_type="application/dicom",
+        headers={"Content-Disposition": f'attachment; filename="{id}.dcm"'},
+    )
 
 
 # (method, path, handler, summary)
 OPERATIONS = (
+    ("GET", "/Patient/$priors", priors_by_identifier, "The priors list, by identifier"),
+    ("GET", "/Patient/{id}/$priors", priors_of, "The priors list of a person, every site"),
+    ("GET", "/ImagingStudy/{id}/$kos", study_kos, "XDS-I.b: the study as a DICOM KOS"),
     ("GET", "/Endpoint/$health", endpoint_health, "Site registry: endpoints' health (admin)"),
     ("GET", "/Patient/$ihe-pix", pix_get, "PIXm ITI-83 Get Corresponding Identifiers"),
     ("POST", "/Patient/$ihe-pix", pix_post, "PIXm ITI-83 Get Corresponding Identifiers (POST)"),

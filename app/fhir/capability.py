@@ -29,11 +29,16 @@ _OPERATIONS = {
         ("match", "http://hl7.org/fhir/OperationDefinition/Patient-match"),
         ("link", f"{RIX_CANONICAL}/OperationDefinition/Patient-link"),
         ("unlink", f"{RIX_CANONICAL}/OperationDefinition/Patient-unlink"),
+        ("priors", f"{RIX_CANONICAL}/OperationDefinition/Patient-priors"),
     ),
+    "ImagingStudy": (("kos", f"{RIX_CANONICAL}/OperationDefinition/ImagingStudy-kos"),),
+    "Endpoint": (("health", f"{RIX_CANONICAL}/OperationDefinition/Endpoint-health"),),
 }
 _INSTANTIATES = (
     "https://profiles.ihe.net/ITI/PIXm/CapabilityStatement/IHE.PIXm.Manager",
     "https://profiles.ihe.net/ITI/PDQm/CapabilityStatement/IHE.PDQm.Supplier",
+    "https://profiles.ihe.net/ITI/MHD/CapabilityStatement/IHE.MHD.DocumentRecipient.Comprehensive",
+    "https://profiles.ihe.net/ITI/MHD/CapabilityStatement/IHE.MHD.DocumentResponder",
 )
 _PERSON_SEARCH = (
     "Person-wide patient searches (IHE PIXm): on every type but Patient, `patient` and `subject` "
@@ -97,7 +102,7 @@ def capability_statement(registry: Registry, base_url: str, settings: Settings) 
                             {"name": op, "definition": definition}
                             for op, definition in _OPERATIONS[name]
                         ],
-                        "documentation": _PERSON_SEARCH,
+                        **({"documentation": _PERSON_SEARCH} if name == "Patient" else {}),
                     }
                     if name in _OPERATIONS
                     else {}
@@ -117,7 +122,7 @@ def capability_statement(registry: Registry, base_url: str, settings: Settings) 
         "software": {"name": "RIX", "version": __version__},
         "implementation": {"description": "RIX FHIR R4 server", "url": base_url},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "patchFormat": ["application/json-patch+json"],
         "rest": [
             {

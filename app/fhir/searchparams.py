@@ -24,7 +24,7 @@ COMMON = (
 _R5_DOCREF = "http://hl7.org/fhir/5.0/StructureDefinition/extension-DocumentReference"
 _MHD = "https://profiles.ihe.net/ITI/MHD/StructureDefinition"
 
-# Parameters defined by the IHE profiles RIX implements, beyond the R4 core set.
+# Parameters defined by the IHE profiles RIX implements, beyond (or instead of) the R4 set.
 PROFILE_PARAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
     # MHD ITI-67 `creation`; MADO's imaging parameters (the R5 extensions MADO uses on R4).
     "DocumentReference": (
@@ -45,6 +45,11 @@ PROFILE_PARAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
             "token",
             f"DocumentReference.extension('{_R5_DOCREF}.bodySite').extension('concept').value",
         ),
+    ),
+    # R4 searches `modality` on the series only; a study registered without its series (a
+    # MADO FHIR manifest, a RIS feed) lists its modalities at study level: both count.
+    "ImagingStudy": (
+        ("modality", "token", "ImagingStudy.series.modality | ImagingStudy.modality"),
     ),
     # MHD ITI-66 on the SubmissionSet and Folder Lists.
     "List": (
@@ -103,9 +108,11 @@ def params_for(type_name: str, definitions: dict[str, list[dict[str, Any]]]) -> 
         SearchParam.build(code, type_, expr.format(type=type_name) if expr else None)
         for code, type_, expr in COMMON
     ]
+    profile = [SearchParam.build(*p) for p in PROFILE_PARAMS.get(type_name, ())]
+    overridden = {p.code for p in profile}
     for d in definitions.get(type_name, []):
-        out.append(
-            SearchParam.build(d["code"], d["type"], d["expression"], tuple(d.get("target", ())))
-        )
-    out += [SearchParam.build(*p) for p in PROFILE_PARAMS.get(type_name, ())]
-    return out
+        if d["code"] not in overridden:
+            out.append(
+                SearchParam.build(d["code"], d["type"], d["expression"], tuple(d.get("target", ())))
+            )
+    return out + profile

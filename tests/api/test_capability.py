@@ -101,7 +101,7 @@ def test_declares_version_formats_and_system_interactions(capability: dict[str, 
     assert capability["kind"] == "instance"
     assert capability["status"] == "active"
     assert {"application/fhir+json", "json"} <= set(capability["format"])
-    assert "xml" not in capability["format"]  # only JSON is produced
+    assert {"application/fhir+xml", "xml"} <= set(capability["format"])
     assert "application/json-patch+json" in capability["patchFormat"]
     [rest] = capability["rest"]
     assert rest["mode"] == "server"
@@ -204,7 +204,7 @@ def test_metadata_needs_no_credentials(client: TestClient) -> None:
     assert response.json()["resourceType"] == "CapabilityStatement"
 
 
-def test_metadata_refuses_xml(client: TestClient) -> None:
-    response = client.get("/fhir/metadata", params={"_format": "xml"})
+def test_metadata_refuses_unsupported_formats(client: TestClient) -> None:
+    response = client.get("/fhir/metadata", params={"_format": "html"})
     assert response.status_code == 406
     assert response.json()["resourceType"] == "OperationOutcome"

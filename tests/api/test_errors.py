@@ -284,8 +284,8 @@ def test_status_vocabulary(client: TestClient) -> None:
         "/fhir/Patient", content=b"resourceType=Patient", headers={"Content-Type": "text/plain"}
     )
     assert_outcome(text, 415, "text/plain body", code="not-supported")
-    xml = client.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"})
-    assert_outcome(xml, 406, "XML wanted", code="not-supported")
+    html = client.get("/fhir/metadata", headers={"Accept": "text/html"})
+    assert_outcome(html, 406, "HTML wanted", code="not-supported")
     anonymous = client.get("/fhir/Patient", headers={"Authorization": ""})
     assert_outcome(anonymous, 401, "no bearer token", code="login")
     unknown = client.get("/fhir/Patient", params={"shoe-size": "42"})

@@ -785,7 +785,7 @@ def test_json_body_media_types_are_accepted(client: TestClient) -> None:
 
 def test_unsupported_body_media_type_is_415(client: TestClient) -> None:
     body = json.dumps(patient(id="x1"))
-    for kind in ("text/plain", "application/fhir+xml", "application/xml"):
+    for kind in ("text/plain", "application/fhir+turtle", "application/x-www-form-urlencoded"):
         headers = {"Content-Type": kind}
         assert_outcome(client.post("/fhir/Patient", content=body, headers=headers), 415, kind)
         assert_outcome(client.put("/fhir/Patient/x1", content=body, headers=headers), 415, kind)
@@ -805,22 +805,21 @@ def test_json_is_negotiated(client: TestClient) -> None:
         assert_fhir_json(response, fmt)
 
 
-def test_xml_is_not_acceptable(client: TestClient) -> None:
+def test_unsupported_formats_are_not_acceptable(client: TestClient) -> None:
+    """XML is served too (tests/api/test_xml.py); anything else is a 406, before any write."""
     rid = create(client, patient())["id"]
     requests: list[tuple[dict[str, str], dict[str, str]]] = [
-        ({"_format": "xml"}, {}),
-        ({"_format": "application/fhir+xml"}, {}),
-        ({}, {"Accept": "application/fhir+xml"}),
-        ({}, {"Accept": "application/xml"}),
-        ({"_format": "xml"}, {"Accept": FHIR_JSON}),
+        ({"_format": "html"}, {}),
+        ({"_format": "application/fhir+turtle"}, {}),
+        ({}, {"Accept": "text/html"}),
+        ({}, {"Accept": "application/fhir+turtle"}),
+        ({"_format": "ttl"}, {"Accept": FHIR_JSON}),
     ]
     for params, headers in requests:
         for path in (f"/fhir/Patient/{rid}", "/fhir/Patient", "/fhir/metadata"):
             response = client.get(path, params=params, headers=headers)
             assert_outcome(response, 406, f"{path} {params} {headers}")
-    response = client.post(
-        "/fhir/Patient", json=patient(), headers={"Accept": "application/fhir+xml"}
-    )
+    response = client.post("/fhir/Patient", json=patient(), headers={"Accept": "text/html"})
     assert_outcome(response, 406, "create")
     assert versions_stored(client) == 1
 
