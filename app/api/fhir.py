@@ -6,6 +6,8 @@ business rules and no SQL live here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any
 from urllib.parse import parse_qsl
@@ -123,6 +125,20 @@ def _written(request: Request, stored: Stored, status: int, fmt: str) -> Respons
     return media.fhir_response(stored.content, status, headers, fmt)
 
 
+def _native(stored: Stored) -> Response:
+    """A Binary's bytes with its content type (the stored base64 decoded)."""
+    resource = stored.resource
+    try:
+        data = base64.b64decode(resource.get("data") or "", validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid(f"Binary/{stored.id} holds no decodable content") from None
+    return Response(
+        content=data,
+        media_type=str(resource.get("contentType") or "application/octet-stream"),
+        headers={"ETag": f'W/"{stored.version}"'},
+    )
+
+
 def _lenient(request: Request) -> bool:
     return _prefer(request, "handling") == "lenient"
 
@@ -174,14 +190,18 @@ class Interactions:
         return _written(request, stored, status, fmt)
 
     async def read(self, request: Request, id: str) -> Response:
-        """read: GET [base]/[type]/[id]"""
-        fmt = media.wanted_format(request)
+        """read: GET [base]/[type]/[id]; a Binary comes back as the document itself (ITI-68
+        Retrieve Document) unless a FHIR format is asked for."""
+        native = self.type == "Binary" and media.wants_native(request)
+        fmt = media.FHIR_JSON if native else media.wanted_format(request)
 
         def run() -> Stored:
             with unit_of_work(request) as svc:
                 return svc.read(self.type, id)
 
         stored = await run_in_threadpool(run)
+        if native:
+            return _native(stored)
         return self._render_read(request, stored, fmt)
 
     async def vread(self, request: Request, id: str, vid: str) -> Response:

@@ -70,6 +70,18 @@ def wanted_format(request: Request) -> str:
     return best
 
 
+def wants_native(request: Request) -> bool:
+    """Binary read (FHIR binary.html, MHD ITI-68): the document itself when Accept names a
+    non-FHIR type (`application/pdf`, `application/dicom`...) and no FHIR one; a wildcard or
+    no Accept keeps the Binary resource, which generic FHIR clients expect."""
+    if request.query_params.get("_format"):
+        return False
+    accept = request.headers.get("accept", "")
+    kinds = {media_type(part) for part in accept.split(",") if part.strip()}
+    named = kinds - _ANY
+    return bool(named) and not named & set(_FORMATS)
+
+
 def error_format(request: Request) -> str:
     """The format of an error answer: the one asked for, JSON when it cannot be given."""
     try:
