@@ -45,26 +45,33 @@ class IdentityOperations:
         self.svc.policy.start_operation(self.svc.principal, "ihe-pix")
         touch = self.svc.audit.touch("operation", "Patient", query=f"$ihe-pix?{source}")
         system, value = _token(source, "sourceIdentifier")
-        if not self._known_domain(system):
-            raise Invalid(
-                "sourceIdentifier Assigning Authority not found",
-                issues=[Issue("code-invalid", "sourceIdentifier Assigning Authority not found")],
-            )
-        for target in targets:
-            if not self._known_domain(target):
-                raise Forbidden(
-                    "targetSystem not found",
-                    issues=[Issue("code-invalid", "targetSystem not found")],
-                )
+        # The common case first (a known identifier): the domain checks, which only choose
+        # the error to give, cost queries only when they can decide something.
         sources = self._visible_patients(self.repo.by_identifier("Patient", system, value))
         if not sources:
+            if not self._known_domain(system):
+                raise Invalid(
+                    "sourceIdentifier Assigning Authority not found",
+                    issues=[
+                        Issue("code-invalid", "sourceIdentifier Assigning Authority not found")
+                    ],
+                )
+            self._check_targets(targets, set())
             raise NotFound(
                 "sourceIdentifier Patient Identifier not found",
                 issues=[Issue("not-found", "sourceIdentifier Patient Identifier not found")],
             )
         source_ids = {s.id for s in sources}
-        members = self.identity.members(source_ids)
-        records = self._visible_patients(self.repo.live_many({("Patient", m) for m in members}))
+        others = self.identity.members(source_ids) - source_ids
+        records = sources + (
+            self._visible_patients(self.repo.live_many({("Patient", m) for m in others}))
+            if others
+            else []
+        )
+        self._check_targets(
+            targets,
+            {i.get("system") for r in records for i in r.resource.get("identifier", []) or []},
+        )
         parameters: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = {(system, value)}
         for record in sorted(records, key=lambda r: r.id):
@@ -86,6 +93,14 @@ class IdentityOperations:
                 )
         # FHIR JSON has no empty arrays: no cross-reference is a Parameters without parameter.
         return {"resourceType": "Parameters", **({"parameter": parameters} if parameters else {})}
+
+    def _check_targets(self, targets: list[str], present: set[Any]) -> None:
+        for target in targets:
+            if target not in present and not self._known_domain(target):
+                raise Forbidden(
+                    "targetSystem not found",
+                    issues=[Issue("code-invalid", "targetSystem not found")],
+                )
 
     def _known_domain(self, system: str) -> bool:
         """An identifier domain RIX knows: a site's namespace, the INS, or one in use."""
