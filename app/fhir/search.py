@@ -131,6 +131,11 @@ def split_values(text: str) -> list[str]:
     return parts
 
 
+def escape(text: str) -> str:
+    """Add FHIR search escapes (search.html#escaping) to a literal value."""
+    return re.sub(r"([\\,|$])", r"\\\1", text)
+
+
 def unescape(text: str) -> str:
     """Remove FHIR search escapes (`\\,` `\\|` `\\$` `\\\\`)."""
     return re.sub(r"\\([,|$\\])", r"\1", text)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.errors import Invalid, Issue, Unprocessable
 from app.fhir.naming import ENDPOINT_ID_SYSTEM
+from app.fhir.search import escape
 from app.imaging.kos import imaging_study, parse_kos
 from app.storage.repository import Stored
 
@@ -58,7 +59,7 @@ class Documents:
         value = master.get("value")
         if not value:
             return
-        query = self.svc.parser.parse("DocumentReference", [("identifier", _escape(value))])
+        query = self.svc.parser.parse("DocumentReference", [("identifier", escape(value))])
         for other in self.svc.repo.search(query)[0]:
             theirs = other.resource.get("masterIdentifier") or {}
             if other.id != stored.id and theirs.get("value") == value:
@@ -240,11 +241,6 @@ def _accession(value: str) -> dict[str, Any]:
         },
         "value": value,
     }
-
-
-def _escape(value: str) -> str:
-    """A token search value with FHIR's special characters escaped."""
-    return value.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
 
 
 def attachment_bytes(svc: ResourceService, attachment: dict[str, Any]) -> bytes | None:

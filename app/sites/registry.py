@@ -60,6 +60,7 @@ from app.fhir.naming import (
     SITE_ID_SYSTEM,
     ipp_system,
 )
+from app.fhir.search import escape
 from app.policy.principal import SYSTEM
 
 if TYPE_CHECKING:
@@ -532,13 +533,8 @@ def endpoint_identifier(site_id: str, index: int, endpoint: SiteEndpoint) -> dic
     return {"system": ENDPOINT_ID_SYSTEM, "value": f"{site_id}-{index}"}
 
 
-def _escape(value: str) -> str:
-    """A token search value with FHIR's escapes (search.html#escaping)."""
-    return re.sub(r"([\\,|$])", r"\\\1", value)
-
-
 def _put(resource: dict[str, Any], key: dict[str, str], full_url: str) -> dict[str, Any]:
-    token = quote(f"{key['system']}|{_escape(key['value'])}", safe=":/|")
+    token = quote(f"{key['system']}|{escape(key['value'])}", safe=":/|")
     return {
         "fullUrl": full_url,
         "resource": resource,
