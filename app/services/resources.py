@@ -26,7 +26,7 @@ from app.errors import (
 )
 from app.fhir import jsonio, models
 from app.fhir.registry import Registry
-from app.fhir.search import SearchParser, SearchQuery, parse_int
+from app.fhir.search import SearchParser, SearchQuery, parse_int, split_token
 from app.fhir.values import parse_search_date
 from app.identity.vigilance import Vigilance
 from app.policy.principal import Principal
@@ -449,7 +449,7 @@ class ResourceService:
                 if c.chain.modifier or c.chain.chain is not None:
                     continue
                 for value in c.chain.values:
-                    system, _, code = value.raw.rpartition("|")
+                    system, code = split_token(value.raw)
                     found = self.repo.by_identifier("Patient", system or None, code)
                     ids |= {s.id for s in found}
             else:
