@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from app.errors import Invalid, Issue, Unprocessable
@@ -17,10 +18,27 @@ from app.errors import Invalid, Issue, Unprocessable
 MHD_LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
 SOURCE_ID_URL = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-sourceId"
 DESIGNATION_TYPE_URL = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-designationType"
-PROVIDE_BUNDLE_PROFILES = frozenset(
-    f"https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.{name}ProvideBundle"
-    for name in ("Minimal.", "Comprehensive.", "UnContained.Comprehensive.")
-)
+_MHD_SD = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD."
+MINIMAL = f"{_MHD_SD}Minimal.ProvideBundle"
+COMPREHENSIVE = f"{_MHD_SD}Comprehensive.ProvideBundle"
+UNCONTAINED = f"{_MHD_SD}UnContained.Comprehensive.ProvideBundle"
+PROVIDE_BUNDLE_PROFILES = frozenset((MINIMAL, COMPREHENSIVE, UNCONTAINED))
+
+
+@dataclass(frozen=True)
+class Level:
+    """The metadata a Provide Bundle declares (Bundle.meta.profile): Minimal unless it declares
+    one of the Comprehensive profiles; `contained` when author, authenticator and
+    sourcePatientInfo must be contained resources (Comprehensive, not UnContained)."""
+
+    comprehensive: bool
+    contained: bool
+
+    @classmethod
+    def of(cls, bundle: dict[str, Any]) -> Level:
+        profiles = set((bundle.get("meta") or {}).get("profile") or [])
+        contained = COMPREHENSIVE in profiles
+        return cls(comprehensive=contained or UNCONTAINED in profiles, contained=contained)
 
 
 def _has_code(concept: Any, system: str, code: str) -> bool:
@@ -47,8 +65,11 @@ def is_provide_bundle(bundle: dict[str, Any]) -> bool:
 
 
 def check_provide_bundle(bundle: dict[str, Any]) -> None:
-    """Refuse (400/422, every problem listed) a Provide Document Bundle that MHD would refuse;
-    fill in the size and hash of attachments that leave them out."""
+    """Refuse (400/422, every problem listed) a Provide Document Bundle that MHD would refuse
+    at the metadata level it declares (Minimal, or Comprehensive with or without contained
+    references: the Document Recipient's Comprehensive Metadata Option); fill in the size and
+    hash of attachments that leave them out."""
+    level = Level.of(bundle)
     problems: list[Issue] = []
     entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
     by_url = {str(e["fullUrl"]): e.get("resource") for e in entries if e.get("fullUrl")}
@@ -64,12 +85,15 @@ def check_provide_bundle(bundle: dict[str, Any]) -> None:
             )
         )
     for i, submission in lists:
-        problems += _check_submission_set(submission, f"Bundle.entry[{i}].resource")
+        problems += _check_submission_set(submission, f"Bundle.entry[{i}].resource", level)
     problems += _check_membership(entries, [submission for _, submission in lists])
     for i, entry in enumerate(entries):
         resource = entry.get("resource")
         if isinstance(resource, dict) and resource.get("resourceType") == "DocumentReference":
-            problems += _check_document(resource, f"Bundle.entry[{i}].resource", by_url)
+            where = f"Bundle.entry[{i}].resource"
+            problems += _check_document(resource, where, by_url)
+            if level.comprehensive:
+                problems += _check_comprehensive(resource, where, level)
     if problems:
         invalid = [p for p in problems if p.code != "business-rule"]
         error = Invalid if invalid else Unprocessable
@@ -119,8 +143,20 @@ def _check_membership(entries: list[dict[str, Any]], lists: list[dict[str, Any]]
     return out
 
 
-def _check_submission_set(resource: dict[str, Any], where: str) -> list[Issue]:
+def _check_submission_set(resource: dict[str, Any], where: str, level: Level) -> list[Issue]:
     out = []
+    if level.comprehensive:
+        if not resource.get("subject"):
+            out.append(_required(where, "subject", "SubmissionSet.subject (the patient)"))
+        if not any(
+            isinstance(e, dict) and e.get("url") == DESIGNATION_TYPE_URL
+            for e in resource.get("extension", []) or []
+        ):
+            out.append(
+                _required(where, "extension", "SubmissionSet designationType (contentTypeCode)")
+            )
+        if level.contained:
+            out += _contained_refs(resource, where, ["source"])
     if not any(
         isinstance(e, dict) and e.get("url") == SOURCE_ID_URL and e.get("valueIdentifier")
         for e in resource.get("extension", []) or []
@@ -228,6 +264,73 @@ def _check_document(resource: dict[str, Any], where: str, by_url: dict[str, Any]
                 )
             )
     return out
+
+
+def _check_comprehensive(resource: dict[str, Any], where: str, level: Level) -> list[Issue]:
+    """The DocumentReference elements the Comprehensive profiles add to Minimal (XDS
+    DocumentEntry: confidentialityCode, languageCode, creationTime, formatCode,
+    healthcareFacilityTypeCode, practiceSettingCode, sourcePatientInfo)."""
+    out = []
+    if not resource.get("securityLabel"):
+        out.append(_required(where, "securityLabel", "DocumentReference.securityLabel"))
+    for k, content in enumerate(resource.get("content", []) or []):
+        if not isinstance(content, dict):
+            continue
+        attachment = content.get("attachment") or {}
+        for field in ("language", "creation"):
+            if not attachment.get(field):
+                out.append(
+                    _required(where, f"content[{k}].attachment.{field}", f"attachment.{field}")
+                )
+        if not content.get("format"):
+            out.append(_required(where, f"content[{k}].format", "content.format"))
+    context = resource.get("context")
+    if not isinstance(context, dict):
+        context = {}
+    for field in ("facilityType", "practiceSetting", "sourcePatientInfo"):
+        if not context.get(field):
+            out.append(_required(where, f"context.{field}", f"DocumentReference.context.{field}"))
+    if level.contained:
+        out += _contained_refs(resource, where, ["author", "authenticator"])
+        out += _contained_refs(context, f"{where}.context", ["sourcePatientInfo"], resource)
+    return out
+
+
+def _contained_refs(
+    resource: dict[str, Any],
+    where: str,
+    fields: list[str],
+    holder: dict[str, Any] | None = None,
+) -> list[Issue]:
+    """Comprehensive (not UnContained) metadata: these references point at resources
+    contained in the resource itself (`#id`), so the metadata travels whole."""
+    contained = {
+        c.get("id") for c in (holder or resource).get("contained", []) or [] if isinstance(c, dict)
+    }
+    out = []
+    for field in fields:
+        value = resource.get(field)
+        for k, ref in enumerate(value if isinstance(value, list) else [value] if value else []):
+            target = ref.get("reference") if isinstance(ref, dict) else None
+            if not (isinstance(target, str) and target.startswith("#") and target[1:] in contained):
+                at = f"{where}.{field}" + (f"[{k}]" if isinstance(value, list) else "")
+                out.append(
+                    Issue(
+                        "invalid",
+                        f"{field} must reference a contained resource (#id) in a Comprehensive "
+                        "Provide Bundle (UnContained.Comprehensive allows other references)",
+                        expression=[at],
+                    )
+                )
+    return out
+
+
+def _required(where: str, path: str, what: str) -> Issue:
+    return Issue(
+        "required",
+        f"{what} is required by MHD Comprehensive metadata",
+        expression=[f"{where}.{path}"],
+    )
 
 
 def _content(attachment: dict[str, Any], by_url: dict[str, Any]) -> bytes | None:

@@ -39,9 +39,10 @@ DICOM_UID = "urn:dicom:uid"
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 RIX_ENDPOINT = "https://fhir.rix.example/sid/endpoint|rix-dicomweb"
 IPP_PREFIX = "https://fhir.rix.example/sid/ipp/"
-COMPREHENSIVE_PROVIDE = (
-    "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Comprehensive.ProvideBundle"
-)
+MHD_SD = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD."
+MINIMAL_PROVIDE = f"{MHD_SD}Minimal.ProvideBundle"
+COMPREHENSIVE_PROVIDE = f"{MHD_SD}Comprehensive.ProvideBundle"
+UNCONTAINED_PROVIDE = f"{MHD_SD}UnContained.Comprehensive.ProvideBundle"
 DOC_IDS = "urn:ietf:rfc:3986"
 
 # The types an ITI-65 Provide Document Bundle writes, and the one a KOS manifest implies.
@@ -153,8 +154,8 @@ def text_document(
     content_type: str = "text/plain",
     **fields: Any,
 ) -> dict[str, Any]:
-    """A minimal MHD Comprehensive DocumentReference (a report), its content to be provided in
-    a Binary of the Bundle; `fields` are added or override."""
+    """An MHD Minimal DocumentReference (a report), its content to be provided in a Binary of
+    the Bundle; `fields` are added or override."""
     docref: dict[str, Any] = {
         "resourceType": "DocumentReference",
         "masterIdentifier": new_unique_id(),
@@ -169,14 +170,55 @@ def text_document(
     return docref
 
 
+def comprehensive_document(
+    subject: str = f"Patient/{MADO_PATIENT}", *, contained: bool = True, **fields: Any
+) -> dict[str, Any]:
+    """A report's DocumentReference with MHD Comprehensive metadata: confidentiality, language,
+    creation time, format, facility type, practice setting and source patient info, its author
+    and sourcePatientInfo contained (`contained=False`: as references, for UnContained)."""
+    author = {"resourceType": "Practitioner", "id": "author", "name": [{"family": "Martin"}]}
+    source = {
+        "resourceType": "Patient",
+        "id": "source",
+        "identifier": [{"system": f"{IPP_PREFIX}423", "value": "ROM-1"}],
+    }
+    docref = text_document(
+        subject,
+        securityLabel=[coding("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "N")],
+        author=[{"reference": "#author" if contained else "Practitioner/author"}],
+        context={
+            "facilityType": coding("urn:oid:1.2.250.1.213.1.1.4.9", "SA01"),
+            "practiceSetting": coding("urn:oid:1.2.250.1.213.1.1.4.10", "ORL"),
+            "sourcePatientInfo": {"reference": "#source" if contained else "Patient/source"},
+        },
+    )
+    docref["content"] = [
+        {
+            "attachment": {
+                "contentType": "text/plain",
+                "language": "fr-FR",
+                "creation": "2024-03-01T09:30:00+01:00",
+            },
+            "format": {
+                "system": "urn:oid:1.3.6.1.4.1.19376.1.2.3",
+                "code": "urn:ihe:iti:xds:2017:mimeTypeSufficient",
+            },
+        }
+    ]
+    if contained:
+        docref["contained"] = [author, source]
+    docref.update(fields)
+    return docref
+
+
 def submission_set(
     subject: str = f"Patient/{MADO_PATIENT}",
     *,
     source_id: str = "urn:oid:1.2.250.1.999.1",
     **fields: Any,
 ) -> dict[str, Any]:
-    """An MHD SubmissionSet List (Comprehensive): code submissionset, mode working, sourceId,
-    uniqueId and entryUUID identifiers, date, subject; `entry` is filled by `provide_bundle`."""
+    """An MHD SubmissionSet List: code submissionset, mode working, sourceId, uniqueId and
+    entryUUID identifiers, date, subject; `entry` is filled by `provide_bundle`."""
     lst: dict[str, Any] = {
         "resourceType": "List",
         "extension": [{"url": SOURCE_ID_URL, "valueIdentifier": {"value": source_id}}],
@@ -226,8 +268,10 @@ def provide_bundle(
     submission: dict[str, Any] | None = None,
     *,
     folders: Iterable[dict[str, Any]] = (),
+    profile: str = MINIMAL_PROVIDE,
 ) -> dict[str, Any]:
-    """An ITI-65 Provide Document Bundle (Comprehensive): a SubmissionSet listing each
+    """An ITI-65 Provide Document Bundle (Minimal metadata unless `profile` says otherwise,
+    as the MADO examples carry): a SubmissionSet listing each
     DocumentReference (and Folder), and each document's Binary (when given) that its first
     attachment.url names by its urn:uuid fullUrl; every entry a POST.
 
@@ -253,7 +297,7 @@ def provide_bundle(
         lists.insert(0, _post(urn(), {"entry": items, **copy.deepcopy(submission)}))
     return {
         "resourceType": "Bundle",
-        "meta": {"profile": [COMPREHENSIVE_PROVIDE]},
+        "meta": {"profile": [profile]},
         "type": "transaction",
         "entry": lists + docs + binaries,
     }

@@ -16,11 +16,16 @@ from pydicom.data import get_testdata_file
 
 from tests.conftest import Token
 from tests.mhd.support import (
+    COMPREHENSIVE_PROVIDE,
+    DESIGNATION_TYPE_URL,
     IPP_PREFIX,
     STUDY_101,
     STUDY_102,
+    UNCONTAINED_PROVIDE,
     WRITTEN_TYPES,
     binary,
+    coding,
+    comprehensive_document,
     counts,
     issue_codes,
     issue_expressions,
@@ -166,6 +171,115 @@ def test_wrong_hash_is_refused(client: TestClient) -> None:
     document["content"][0]["attachment"]["hash"] = sha1_b64(data + b".")
     response = refused(client, provide_bundle([(document, binary(data))]), 422)
     assert f"{DOC}.content[0].attachment.hash" in issue_expressions(response)
+    assert counts(client) == NOTHING
+
+
+# -- Comprehensive metadata (the Document Recipient's Comprehensive Metadata Option) -------------
+
+REPORT = b"CT head: no acute finding."
+
+
+def comprehensive_submission(**fields: Any) -> dict[str, Any]:
+    designation = {
+        "url": DESIGNATION_TYPE_URL,
+        "valueCodeableConcept": coding("http://loinc.org", "18748-4"),
+    }
+    extension = [*submission_set()["extension"], designation]
+    return submission_set(extension=extension, **fields)
+
+
+def comprehensive(document: dict[str, Any], profile: str = COMPREHENSIVE_PROVIDE, **kw: Any) -> Any:
+    kw.setdefault("submission", comprehensive_submission())
+    return provide_bundle([(document, binary(REPORT))], profile=profile, **kw)
+
+
+@pytest.mark.parametrize(
+    ("document", "profile"),
+    [
+        pytest.param(comprehensive_document, COMPREHENSIVE_PROVIDE, id="contained"),
+        pytest.param(
+            lambda: comprehensive_document(contained=False), UNCONTAINED_PROVIDE, id="uncontained"
+        ),
+    ],
+)
+def test_comprehensive_metadata_is_accepted(
+    client: TestClient, document: Callable[[], dict[str, Any]], profile: str
+) -> None:
+    ids = provided(client, comprehensive(document(), profile))
+    assert len(ids["DocumentReference"]) == 1
+
+
+COMPREHENSIVE_GAPS = [
+    ("securityLabel", f"{DOC}.securityLabel"),
+    ("language", f"{DOC}.content[0].attachment.language"),
+    ("creation", f"{DOC}.content[0].attachment.creation"),
+    ("format", f"{DOC}.content[0].format"),
+    ("facilityType", f"{DOC}.context.facilityType"),
+    ("practiceSetting", f"{DOC}.context.practiceSetting"),
+    ("sourcePatientInfo", f"{DOC}.context.sourcePatientInfo"),
+]
+
+
+def _without(document: dict[str, Any], field: str) -> dict[str, Any]:
+    content = document["content"][0]
+    for holder in (document, document["context"], content, content["attachment"]):
+        holder.pop(field, None)
+    return document
+
+
+@pytest.mark.parametrize(("field", "expression"), COMPREHENSIVE_GAPS)
+@pytest.mark.parametrize("profile", [COMPREHENSIVE_PROVIDE, UNCONTAINED_PROVIDE])
+def test_comprehensive_bundle_missing_metadata_is_refused(
+    client: TestClient, field: str, expression: str, profile: str
+) -> None:
+    document = _without(comprehensive_document(contained=profile == COMPREHENSIVE_PROVIDE), field)
+    response = refused(client, comprehensive(document, profile), 400)
+    assert expression in issue_expressions(response)
+    assert counts(client) == NOTHING
+
+
+def test_minimal_bundle_needs_no_comprehensive_metadata(client: TestClient) -> None:
+    """The same gaps are fine where the Bundle declares Minimal metadata."""
+    document = text_document()
+    assert "securityLabel" not in document and "context" not in document
+    assert (
+        len(provided(client, provide_bundle([(document, binary(REPORT))]))["DocumentReference"])
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "expression"),
+    [
+        ("author", f"{DOC}.author[0]"),
+        ("sourcePatientInfo", f"{DOC}.context.sourcePatientInfo"),
+    ],
+)
+def test_comprehensive_references_must_be_contained(
+    client: TestClient, field: str, expression: str
+) -> None:
+    """Comprehensive (not UnContained): author and sourcePatientInfo are contained resources."""
+    document = comprehensive_document()
+    if field == "author":
+        document["author"] = [{"reference": "Practitioner/elsewhere"}]
+    else:
+        document["contained"] = document["contained"][:1]  # #source is no longer there
+    response = refused(client, comprehensive(document), 400)
+    assert expression in issue_expressions(response)
+    assert counts(client) == NOTHING
+
+
+@pytest.mark.parametrize("missing", ["subject", "designationType"])
+def test_comprehensive_submission_set_gaps_are_refused(client: TestClient, missing: str) -> None:
+    submission = comprehensive_submission()
+    if missing == "subject":
+        del submission["subject"]
+        expression = f"{SS}.subject"
+    else:
+        submission["extension"] = submission["extension"][:1]
+        expression = f"{SS}.extension"
+    response = refused(client, comprehensive(comprehensive_document(), submission=submission), 400)
+    assert expression in issue_expressions(response)
     assert counts(client) == NOTHING
 
 
