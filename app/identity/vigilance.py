@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, text, true, update
+from sqlalchemy import and_, delete, false, insert, or_, select, text, true, update
 
 from app.errors import Conflict, Invalid, NotFound
 from app.fhir.naming import IDENTITY_FLAG_SYSTEM, IDENTITY_TASK_SYSTEM
@@ -17,7 +17,7 @@ from app.fhir.values import format_instant, now_utc
 from app.identity.traits import Traits, compare, parse_names, same_name_and_birth, transposed
 from app.identity.traits import traits_of as extract
 from app.storage.repository import Repository, Stored
-from app.storage.tables import IDENTITY_LINK, IDENTITY_RECORD
+from app.storage.tables import IDENTITY_LINK, IDENTITY_RECORD, RESOURCE
 
 LINKED, DISTINCT = "linked", "distinct"
 PAIR_SYSTEM = f"{IDENTITY_TASK_SYSTEM}/pair"
@@ -76,9 +76,11 @@ class Vigilance:
         """The records of this record's person (itself included), with their traits: one
         query, remembered for the request until a write changes identities."""
         if patient_id not in self._persons:
-            person = select(_REC.person_id).where(_REC.patient_id == patient_id)
+            asked = IDENTITY_RECORD.alias("asked")
             rows = self.session.execute(
-                select(IDENTITY_RECORD).where(_REC.person_id.in_(person.scalar_subquery()))
+                select(IDENTITY_RECORD)
+                .join(asked, asked.c.person_id == _REC.person_id)
+                .where(asked.c.patient_id == patient_id)
             )
             self._persons[patient_id] = {row.patient_id: _traits(row) for row in rows}
         return self._persons[patient_id]
@@ -91,6 +93,26 @@ class Vigilance:
         if len(ids) == 1:
             return ids | set(self.person(next(iter(ids))))
         return self._members_now(ids)
+
+    def person_resources(self, patient_ids: Iterable[str]) -> list[Stored]:
+        """The live Patient resources of every record of these records' persons, in one
+        statement (PIXm answers from them); a record never screened has no person row and
+        stands alone."""
+        ids = sorted(set(patient_ids))
+        asked = IDENTITY_RECORD.alias("asked")
+        rows = self.session.execute(
+            select(RESOURCE)
+            .join(IDENTITY_RECORD, _REC.patient_id == RESOURCE.c.resource_id)
+            .join(asked, asked.c.person_id == _REC.person_id)
+            .where(
+                asked.c.patient_id.in_(ids),
+                RESOURCE.c.resource_type == "Patient",
+                RESOURCE.c.deleted == false(),
+            )
+        ).all()
+        found = {row.resource_id: self.repo.row_stored(row) for row in rows}
+        missing = {("Patient", i) for i in ids if i not in found}
+        return [*found.values(), *self.repo.live_many(missing)] if missing else [*found.values()]
 
     def _members_now(self, ids: set[str]) -> set[str]:
         """`members`, asked of the database (the engine's view while it changes identities)."""

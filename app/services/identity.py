@@ -62,12 +62,8 @@ class IdentityOperations:
                 issues=[Issue("not-found", "sourceIdentifier Patient Identifier not found")],
             )
         source_ids = {s.id for s in sources}
-        others = self.identity.members(source_ids) - source_ids
-        records = sources + (
-            self._visible_patients(self.repo.live_many({("Patient", m) for m in others}))
-            if others
-            else []
-        )
+        person = self.identity.person_resources(source_ids)
+        records = sources + self._visible_patients([s for s in person if s.id not in source_ids])
         self._check_targets(
             targets,
             {i.get("system") for r in records for i in r.resource.get("identifier", []) or []},

@@ -146,11 +146,11 @@ class Repository:
         """The current row (possibly a tombstone), or None if the id was never used."""
         mine = self._written.get((type_name, resource_id))
         if mine is not None:
-            return dataclasses.replace(mine, method="PUT")  # as _stored(row) would build it
+            return dataclasses.replace(mine, method="PUT")  # as row_stored(row) would build it
         row = self.session.execute(
             _CURRENT, {"type_name": type_name, "resource_id": resource_id}
         ).first()
-        return self._stored(row) if row else None
+        return self.row_stored(row) if row else None
 
     def version(self, type_name: str, resource_id: str, version_id: int) -> Stored | None:
         """One historical version, or None."""
@@ -174,23 +174,28 @@ class Repository:
                 RESOURCE.c.deleted == false(),
             )
         ).all()
-        return [self._stored(row) for row in rows]
+        return [self.row_stored(row) for row in rows]
 
     def by_identifier(self, type_name: str, system: str | None, value: str) -> list[Stored]:
         """The live resources of a type carrying the identifier `system|value` (any system
         when None), found through the token index."""
         self.flush()
         token = INDEX_TABLES["token"]
-        match = select(token.c.resource_pk).where(
-            token.c.resource_type == type_name,
-            token.c.param == "identifier",
-            token.c.code == value,
-            *([token.c.system == system] if system is not None else []),
-        )
+        # A join, not `pk IN (subquery)`: half the planning time, on the hot path of PIXm
+        # and of every conditional Patient feed.
         rows = self.session.execute(
-            select(RESOURCE).where(RESOURCE.c.pk.in_(match), RESOURCE.c.deleted == false())
+            select(RESOURCE)
+            .join(token, token.c.resource_pk == RESOURCE.c.pk)
+            .where(
+                token.c.resource_type == type_name,
+                token.c.param == "identifier",
+                token.c.code == value,
+                *([token.c.system == system] if system is not None else []),
+                RESOURCE.c.deleted == false(),
+            )
         ).all()
-        return [self._stored(row) for row in rows]
+        # A resource listing the same identifier twice has two index rows.
+        return [self.row_stored(row) for row in {row.pk: row for row in rows}.values()]
 
     def has_identifier_system(self, type_name: str, system: str) -> bool:
         """True when some resource of the type was indexed with an identifier in `system`."""
@@ -339,7 +344,7 @@ class Repository:
             query = query.where(RESOURCE.c.resource_type == type_name)
         count = 0
         for row in self.session.execute(query).all():
-            stored = self._stored(row)
+            stored = self.row_stored(row)
             self._clear_index(stored.pk)
             self._index(stored, stored.resource)
             self._notify(stored)
@@ -366,7 +371,7 @@ class Repository:
         if query.summary == "count" or query.count == 0:
             return [], total
         rows = self.session.execute(self.compiler.select_page(query)).all()
-        return [self._stored(row) for row in rows], total
+        return [self.row_stored(row) for row in rows], total
 
     def max_pk(self) -> int:
         """The newest resource's pk: the snapshot bound for stable paging."""
@@ -379,7 +384,7 @@ class Repository:
         limited = SearchQuery(type=query.type, criteria=query.criteria, count=limit)
         self.flush()
         rows = self.session.execute(self.compiler.select_page(limited)).all()
-        return [self._stored(row) for row in rows]
+        return [self.row_stored(row) for row in rows]
 
     def includes(self, matches: list[Stored], includes: list[Include], limit: int) -> list[Stored]:
         """Targets of the matches' references named by _include entries."""
@@ -450,7 +455,7 @@ class Repository:
             .order_by(r.c.pk)
             .limit(limit)
         ).all()
-        return [self._stored(row) for row in rows]
+        return [self.row_stored(row) for row in rows]
 
     def history(
         self,
@@ -494,7 +499,8 @@ class Repository:
     # -- row mapping --------------------------------------------------------------------------
 
     @staticmethod
-    def _stored(row: Any) -> Stored:
+    def row_stored(row: Any) -> Stored:
+        """A row of the `resource` table (or of a statement selecting its columns)."""
         return Stored(
             row.pk,
             row.resource_type,
