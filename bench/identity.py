@@ -43,7 +43,9 @@ What it does, in order:
       half of them for records with a linked record; checked: exactly the person's other
       records (targetId; the source record itself may be listed or not) and every identifier
       of the person's records except the source identifier (targetIdentifier);
-   c. ``GET /fhir/Patient?identifier=<ipp system>|<ipp>``; checked: exactly that record.
+   c. ``GET /fhir/Patient?identifier=<ipp system>|<ipp>``; checked: exactly that record;
+   d. (``names``) ITI-78 by name alone, ``GET /fhir/Patient?family=F&given=G&_count=20`` (stored
+      or upper-case accent-less spelling, as in a.); checked: something matches.
 
    The kinds are interleaved (a, b, c, a, ...) so that machine noise hits them alike
    (``--kinds`` times only some of them); p50/p95/p99 per kind;
@@ -765,7 +767,7 @@ class Server:
                 self.proc.wait(10)
 
 
-KINDS = ("iti78", "iti83", "identifier")
+KINDS = ("iti78", "iti83", "identifier", "names")
 
 
 def measure_api(
@@ -782,6 +784,7 @@ def measure_api(
         "iti83_linked": [],
         "iti83_single": [],
         "identifier": [],
+        "names": [],
     }
     totals: list[int] = []
     headers = {"Accept": FHIR_JSON, "Authorization": f"Bearer {token}"}
@@ -819,6 +822,13 @@ def measure_api(
                 check_identifier(rec, body)
                 if measured:
                     samples["identifier"].append(elapsed)
+            if "names" in kinds:
+                # ITI-78 by name alone (no birth date): a prefix match on both names.
+                elapsed, body = get("/Patient", [*iti78_pairs(rec, variant)[:2], ("_count", "20")])
+                if body.get("total") is None or body["total"] < 1:
+                    raise AssertionError(f"no match by name for {rec}")
+                if measured:
+                    samples["names"].append(elapsed)
     out: dict[str, Any] = {k: percentiles(v) for k, v in samples.items() if v}
     if "iti78" in kinds:
         out["iti78"] = percentiles(samples["iti78_stored"] + samples["iti78_variant"])
@@ -1026,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kinds",
         default=",".join(KINDS),
-        help="request kinds to time, comma-separated (default: iti78,iti83,identifier)",
+        help="request kinds to time, comma-separated (default: iti78,iti83,identifier,names)",
     )
     parser.add_argument(
         "--sql-queries", type=int, default=100, help="SQL timing: queries of each kind (0: skip)"

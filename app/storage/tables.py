@@ -109,7 +109,15 @@ class StringIndex(SQLModel, table=True):
 
     __tablename__ = "sp_string"
     __table_args__ = (
-        Index("ix_sp_string_value", "resource_type", "param", "value"),
+        # Pattern operators on PostgreSQL: string search is a prefix match (`LIKE 'dupont%'`),
+        # which a B-tree in a non-C collation (C.UTF-8 included) cannot serve.
+        Index(
+            "ix_sp_string_value",
+            "resource_type",
+            "param",
+            "value",
+            postgresql_ops={"value": "varchar_pattern_ops"},
+        ),
         Index("ix_sp_string_res", "resource_pk"),
     )
 
