@@ -14,6 +14,7 @@ from sqlalchemy import (
     Insert,
     Select,
     Table,
+    and_,
     bindparam,
     delete,
     event,
@@ -365,12 +366,19 @@ class Repository:
     def search(self, query: SearchQuery) -> tuple[list[Stored], int | None]:
         """The page of matches and the total (None when not asked for)."""
         self.flush()
+        wants_total = query.total != "none" or query.summary == "count"
+        fetched = query.summary != "count" and query.count > 0
+        rows: list[Any] = []
+        if fetched:
+            rows = list(self.session.execute(self.compiler.select_page(query)).all())
         total: int | None = None
-        if query.total != "none" or query.summary == "count":
-            total = self.session.execute(self.compiler.select_count(query)).scalar_one()
-        if query.summary == "count" or query.count == 0:
-            return [], total
-        rows = self.session.execute(self.compiler.select_page(query)).all()
+        if wants_total:
+            if fetched and len(rows) < query.count and (rows or query.offset == 0):
+                # The page is the last one: its rows are the total (page and count read the
+                # same snapshot), no count needed.
+                total = query.offset + len(rows)
+            else:
+                total = self.session.execute(self.compiler.select_count(query)).scalar_one()
         return [self.row_stored(row) for row in rows], total
 
     def max_pk(self) -> int:
@@ -428,7 +436,17 @@ class Repository:
         if not matches or not revincludes:
             return []
         self.flush()
-        keys = sorted({(m.type, m.id) for m in matches})
+        by_type: dict[str, set[str]] = {}
+        for m in matches:
+            by_type.setdefault(m.type, set()).add(m.id)
+        # `target_type = T AND target_id IN (...)` per type: a row-value IN list of the same
+        # pairs costs the planner one OR branch per pair.
+        targets = or_(
+            *(
+                and_(REFERENCE.c.target_type == t, REFERENCE.c.target_id.in_(sorted(ids)))
+                for t, ids in sorted(by_type.items())
+            )
+        )
         conditions = []
         for inc in revincludes:
             cond = (
@@ -444,12 +462,7 @@ class Repository:
         rows = self.session.execute(
             select(r)
             .where(
-                r.c.pk.in_(
-                    select(REFERENCE.c.resource_pk).where(
-                        tuple_(REFERENCE.c.target_type, REFERENCE.c.target_id).in_(keys),
-                        or_(*conditions),
-                    )
-                ),
+                r.c.pk.in_(select(REFERENCE.c.resource_pk).where(targets, or_(*conditions))),
                 r.c.deleted == false(),
             )
             .order_by(r.c.pk)
