@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from app.errors import Invalid, NotFound
 from app.fhir.bundles import RIX_CANONICAL
-from app.fhir.naming import NAMESPACE_SYSTEM, SITE_ID_SYSTEM, ipp_system
+from app.fhir.naming import IPP_PREFIX, NAMESPACE_SYSTEM, SITE_ID_SYSTEM, ipp_system
+from app.fhir.search import escape
 from app.services.documents import is_manifest
 from app.services.resources import ResourceService, SearchResult
 from app.storage.repository import Stored
@@ -94,11 +95,14 @@ def _annotate(svc: ResourceService, result: SearchResult) -> None:
             ref = related.get("reference", "") if isinstance(related, dict) else ""
             if ref.startswith("ImagingStudy/"):
                 reports[ref.split("/", 1)[1]] = True
-    sites = _sites(svc)
     patients = {
         s.id: s
         for s in svc.repo.live_many({("Patient", p) for m in result.matches for p in _subject(m)})
     }
+    systems = {
+        i.get("system") for p in patients.values() for i in p.resource.get("identifier", []) or []
+    }
+    sites = _sites(svc, {s for s in systems if isinstance(s, str) and s})
     shown: dict[str, Stored] = {}
     for study in result.matches:
         extensions = [{"url": HAS_REPORT_URL, "valueBoolean": reports.get(study.id, False)}]
@@ -128,11 +132,20 @@ def _subject(study: Stored) -> list[str]:
     return [ref.split("/", 1)[1]] if isinstance(ref, str) and ref.startswith("Patient/") else []
 
 
-def _sites(svc: ResourceService) -> dict[str, Stored]:
-    """Patient-identifier namespace -> the site's Organization (site registry)."""
+def _sites(svc: ResourceService, namespaces: set[str]) -> dict[str, Stored]:
+    """Patient-identifier namespace -> the site's Organization (site registry), for these
+    namespaces: a site declares its namespace, or has the default one of its site id."""
+    if not namespaces:
+        return {}
+    wanted = [f"{NAMESPACE_SYSTEM}|{escape(ns)}" for ns in sorted(namespaces)]
+    wanted += [
+        f"{SITE_ID_SYSTEM}|{escape(ns[len(IPP_PREFIX) :])}"
+        for ns in sorted(namespaces)
+        if ns.startswith(IPP_PREFIX) and len(ns) > len(IPP_PREFIX)
+    ]
     out: dict[str, Stored] = {}
     # Directory data, read as the server: whoever may see a study may learn who produced it.
-    query = svc.parser.parse("Organization", [("identifier", f"{SITE_ID_SYSTEM}|")])
+    query = svc.parser.parse("Organization", [("identifier", ",".join(wanted)), ("_total", "none")])
     query.count = 10_000
     for org in svc.repo.search(query)[0]:
         for ident in org.resource.get("identifier", []):
