@@ -8,7 +8,9 @@ from __future__ import annotations
 ALL = "cruds"
 READ = "rs"
 
-_CLINICAL_DATA = ("ServiceRequest", "ImagingStudy", "DocumentReference", "List", "Binary")
+# Clinical data: a clinical role sees an item only through a care relationship with its patient
+# (`app.policy.seam`); a Binary (a document's bytes) through its `securityContext`.
+CLINICAL_DATA = ("ServiceRequest", "ImagingStudy", "DocumentReference", "List", "Binary")
 
 MATRIX: dict[str, dict[str, str]] = {
     "admin": {"*": ALL, "AuditEvent": READ},
@@ -25,7 +27,7 @@ MATRIX: dict[str, dict[str, str]] = {
         "Practitioner": ALL,
         "PractitionerRole": ALL,
         "Patient": ALL,
-        **dict.fromkeys(_CLINICAL_DATA, ALL),
+        **dict.fromkeys(CLINICAL_DATA, ALL),
         "Consent": "crus",
         "Task": "crus",
         "Provenance": "crs",
@@ -37,7 +39,7 @@ MATRIX: dict[str, dict[str, str]] = {
         "Practitioner": READ,
         "PractitionerRole": READ,
         "Patient": READ,
-        **dict.fromkeys(_CLINICAL_DATA, READ),
+        **dict.fromkeys(CLINICAL_DATA, READ),
         "Consent": READ,
         "Provenance": READ,
     },
@@ -47,7 +49,7 @@ MATRIX: dict[str, dict[str, str]] = {
         "Practitioner": READ,
         "PractitionerRole": READ,
         "Patient": READ,
-        **dict.fromkeys(_CLINICAL_DATA, READ),
+        **dict.fromkeys(CLINICAL_DATA, READ),
     },
     "registry": {
         "Organization": READ,
@@ -64,7 +66,7 @@ MATRIX: dict[str, dict[str, str]] = {
         "Patient": READ,
         # Binary carries no patient link to check: patients reach documents through
         # DocumentReference (attachment data) instead.
-        **dict.fromkeys(_CLINICAL_DATA[:-1], READ),
+        **dict.fromkeys(CLINICAL_DATA[:-1], READ),
         "Consent": READ,
         "AuditEvent": READ,
     },

@@ -5,6 +5,15 @@
 - `can_see`: per item, for every item that leaves the server (the guarantee)
 - `check_write`: organisation boundaries on what a caller may create or change
 
+The care relationship (`can_see` for `radiologist`, `clinician`, `gp`): an item about patients
+(its `patient` search parameter; a Patient is about itself) leaves only when one of those
+patients' persons has a record at the caller's organisation (its namespaces, directly or through
+an identity link); clinical data (ServiceRequest, ImagingStudy, DocumentReference, List) naming
+no patient stays hidden; a Binary is seen with the rights of the resource its `securityContext`
+names (FHIR binary.html: a document's bytes are the DocumentReference's), and without one not at
+all; directory data (Organization, Endpoint, Practitioner...) is visible. Consent and
+break-glass refine it in later issues.
+
 Audit (`complete`) is the AuditRecorder's job, fed by the same service calls. Hidden and missing
 are indistinguishable: callers turn a `can_see` refusal into 404, never 403.
 """
@@ -21,7 +30,7 @@ from app.fhir.naming import IPP_PREFIX
 from app.fhir.registry import Registry
 from app.fhir.search import SearchParser, SearchQuery
 from app.policy.principal import Principal
-from app.policy.rules import role_allows
+from app.policy.rules import CLINICAL_DATA, role_allows
 from app.policy.scopes import LETTER, scope_allows
 
 # Looks a Patient up by its logical id (None when unknown or deleted).
@@ -30,6 +39,11 @@ PatientLookup = Callable[[str], dict[str, Any] | None]
 # Roles that see patients only where a care relationship exists (here: the patient is known
 # at the caller's organisation; consent and break-glass refine it in the consent issue).
 CLINICAL_ROLES = frozenset({"radiologist", "clinician", "gp"})
+# Types whose items a clinical role never sees without a patient to establish the relationship.
+CARE_DATA = frozenset(CLINICAL_DATA) - {"Binary"}
+# How many `securityContext` hops a decision follows (a Binary's context is its DocumentReference:
+# one hop); a longer chain, or a loop, ends hidden.
+CONTEXT_DEPTH = 3
 # Who may take identity-vigilance decisions and use the cross-reference (PIXm) and matching.
 IDENTITY_OPERATORS = frozenset({"admin", "identity-officer"})
 OPERATIONS: dict[str, frozenset[str]] = {
@@ -58,6 +72,10 @@ class Facts(Protocol):
 
     def records_of_person(self, patient_id: str) -> set[str]:
         """Every Patient record of this record's person (itself included)."""
+        ...
+
+    def lookup(self, type_name: str, resource_id: str) -> dict[str, Any] | None:
+        """The current content of a resource (None when unknown or deleted)."""
         ...
 
 
@@ -109,20 +127,61 @@ class Policy:
         resource_id: str,
         resource: Callable[[], dict[str, Any]],
         facts: Facts,
+        *,
+        depth: int = 0,
     ) -> bool:
         """True when this item may leave the server for this caller (`resource` is read only
-        when the decision needs the content)."""
+        when the decision needs the content; `depth` counts the `securityContext` hops
+        followed to get here)."""
         if principal.role == "patient":
             # A patient's own data is that of every record of their person (PIXm links).
             mine = facts.records_of_person(principal.patient or "")
             return bool(mine & self.patients_of(type_name, resource_id, resource()))
-        if principal.role in CLINICAL_ROLES and type_name == "Patient":
-            # Demographics (PDQm) only of patients known at the caller's organisation.
-            if not principal.organization_id:
-                return False
-            own = facts.site_namespaces(principal.organization_id)
-            return facts.known_in(resource_id, own)
+        if principal.role in CLINICAL_ROLES:
+            return self._in_care(principal, type_name, resource_id, resource, facts, depth)
         return True
+
+    def _in_care(
+        self,
+        principal: Principal,
+        type_name: str,
+        resource_id: str,
+        resource: Callable[[], dict[str, Any]],
+        facts: Facts,
+        depth: int,
+    ) -> bool:
+        """The care relationship: the item is about a patient known at the caller's
+        organisation (see the module docstring)."""
+        if type_name == "Binary":
+            return self._through_context(principal, resource(), facts, depth)
+        if type_name == "Patient":
+            patients = {resource_id}  # demographics (PDQm) need no content to decide
+        elif self.registry.get(type_name).param("patient") is None:
+            return True  # directory data (Organization, Endpoint, Practitioner...)
+        else:
+            patients = self.patients_of(type_name, resource_id, resource())
+        if not patients:
+            return type_name not in CARE_DATA
+        if not principal.organization_id:
+            return False
+        own = facts.site_namespaces(principal.organization_id)
+        return any(facts.known_in(pid, own) for pid in sorted(patients))
+
+    def _through_context(
+        self, principal: Principal, binary: dict[str, Any], facts: Facts, depth: int
+    ) -> bool:
+        """A Binary is seen with the access rights of the resource its `securityContext`
+        names (a local `Type/id`); none, an unknown one or too deep a chain: hidden."""
+        target = local_reference((binary.get("securityContext") or {}).get("reference"))
+        if target is None or depth >= CONTEXT_DEPTH or target[0] not in self.registry:
+            return False
+        type_name, resource_id = target
+        content = facts.lookup(type_name, resource_id)
+        if content is None:
+            return False
+        return self.can_see(
+            principal, type_name, resource_id, lambda: content, facts, depth=depth + 1
+        )
 
     def patients_of(self, type_name: str, resource_id: str, resource: dict[str, Any]) -> set[str]:
         """Logical ids of the patients a resource is about (by its `patient` search parameter)."""
@@ -168,6 +227,19 @@ class Policy:
                     f"({', '.join(sorted(own))}); a site may only register data for its own "
                     "patients"
                 )
+
+
+def local_reference(reference: Any) -> tuple[str, str] | None:
+    """(type, id) of a relative literal reference (`Type/id`, `Type/id/_history/n`); None for
+    anything else (absolute, contained, logical or malformed)."""
+    if not isinstance(reference, str):
+        return None
+    parts = reference.split("/")
+    if len(parts) == 4 and parts[2] == "_history":
+        parts = parts[:2]
+    if len(parts) != 2 or not parts[0][:1].isupper() or not parts[1]:
+        return None
+    return parts[0], parts[1]
 
 
 def _check_patient_namespaces(resource: dict[str, Any], own: set[str], sites: set[str]) -> None:

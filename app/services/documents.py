@@ -1,7 +1,9 @@
 """What a document's registration implies (IHE MHD / XDS-I.b), run when the unit of work ends:
-a replacement (`relatesTo.code = replaces`) makes the replaced DocumentReference `superseded`;
-an imaging manifest (DICOM KOS, PS3.3 A.35.4) creates or updates its study's ImagingStudy,
-links the DocumentReference to it, and supersedes the study's previous manifest."""
+the Binary holding its content gets the DocumentReference as `securityContext` (whoever may see
+the document may read its bytes, ITI-68); a replacement (`relatesTo.code = replaces`) makes the
+replaced DocumentReference `superseded`; an imaging manifest (DICOM KOS, PS3.3 A.35.4) creates or
+updates its study's ImagingStudy, links the DocumentReference to it, and supersedes the study's
+previous manifest."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from app.errors import Invalid, Issue, Unprocessable
 from app.fhir.naming import ENDPOINT_ID_SYSTEM
 from app.fhir.search import escape
 from app.imaging.kos import imaging_study, parse_kos
+from app.policy.seam import local_reference
 from app.storage.repository import Stored
 
 if TYPE_CHECKING:
@@ -32,25 +35,61 @@ class Documents:
         self._done: set[str] = set()
 
     def on_write(self, stored: Stored) -> None:
-        """Repository listener: remember current DocumentReferences as they are written."""
-        if stored.type != "DocumentReference" or stored.deleted:
-            return
-        if stored.resource.get("status") == "current":
+        """Repository listener: remember DocumentReferences as they are written."""
+        if stored.type == "DocumentReference" and not stored.deleted:
             self.written.append(stored)
 
     def finish(self) -> None:
-        """Apply replacements and manifests of everything written (new writes included)."""
+        """Bind contents, apply replacements and manifests of everything written (new writes
+        included); replacements and manifests only for `current` documents."""
         while self.written:
             stored = self.written.pop(0)
             current = self.svc.repo.current(stored.type, stored.id)
             if current is None or current.version != stored.version:
                 continue  # rewritten later in this unit: that version is handled instead
             if current.id in self._done:
-                continue  # our own follow-up write (the link to its study)
+                continue  # our own follow-up write (the link to its study, a supersession)
             self._done.add(current.id)
+            self._bind_contents(current)
+            if current.resource.get("status") != "current":
+                continue
             self._unique(current)
             self._replacements(current)
             self._manifest(current)
+
+    def _bind_contents(self, stored: Stored) -> None:
+        """Each Binary of this server that the document's attachments name is read with the
+        document's access rights: its `securityContext` becomes the DocumentReference (FHIR
+        binary.html), written as a follow-up in the same transaction. A Binary whose context
+        already names a live resource of this server keeps it: the first DocumentReference to
+        name a Binary (or the context its writer set) wins, so a second document naming the
+        same bytes cannot widen or move who may read them; a context naming nothing live (a
+        deleted document) is replaced."""
+        own = f"DocumentReference/{stored.id}"
+        base = self.svc.repo.compiler.base_url
+        for content in stored.resource.get("content", []) or []:
+            attachment = content.get("attachment") if isinstance(content, dict) else None
+            url = attachment.get("url") if isinstance(attachment, dict) else None
+            if isinstance(url, str) and base and url.startswith(f"{base}/"):
+                url = url[len(base) + 1 :]  # our own absolute URL is the same reference
+            target = local_reference(url)
+            if target is None or target[0] != "Binary":
+                continue
+            binary = self.svc.repo.current("Binary", target[1])
+            if binary is None or binary.deleted:
+                continue  # the content is elsewhere, or not (yet) here: nothing to protect
+            context = (binary.resource.get("securityContext") or {}).get("reference")
+            if context == own or (context is not None and self._live(context)):
+                continue
+            resource = {**binary.resource, "securityContext": {"reference": own}}
+            self.svc.update("Binary", binary.id, resource)
+
+    def _live(self, reference: Any) -> bool:
+        target = local_reference(reference)
+        if target is None or target[0] not in self.svc.registry:
+            return False
+        found = self.svc.repo.current(*target)
+        return found is not None and not found.deleted
 
     def _unique(self, stored: Stored) -> None:
         """A document's uniqueId (masterIdentifier) names one document (XDS: a second

@@ -3,6 +3,8 @@ once per request."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import false, select
 
 from app.fhir.naming import NAMESPACE_SYSTEM, SITE_ID_SYSTEM, ipp_system
@@ -20,6 +22,7 @@ class RequestFacts:
         self._sites: dict[str, set[str]] = {}
         self._registered: set[str] | None = None
         self._known: dict[tuple[str, frozenset[str]], bool] = {}
+        self._resources: dict[tuple[str, str], dict[str, Any] | None] = {}
 
     def site_namespaces(self, site_id: str) -> set[str]:
         """The site's declared namespaces (site registry), and always its default one."""
@@ -60,3 +63,13 @@ class RequestFacts:
     def records_of_person(self, patient_id: str) -> set[str]:
         """Every record of this record's person (itself included)."""
         return self.identity.members([patient_id])
+
+    def lookup(self, type_name: str, resource_id: str) -> dict[str, Any] | None:
+        """The current content of a resource, None when unknown or deleted (a Binary's
+        `securityContext`, decided on with its rights); read once per request."""
+        key = (type_name, resource_id)
+        if key not in self._resources:
+            stored = self.repo.current(type_name, resource_id)
+            live = stored is not None and not stored.deleted and stored.content is not None
+            self._resources[key] = stored.resource if stored is not None and live else None
+        return self._resources[key]

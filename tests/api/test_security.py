@@ -229,7 +229,7 @@ def test_patient_sees_only_own_records_and_who_looked(client: TestClient, token:
     bob = _create(client, _patient("423", "R-11", "Bob"), admin)
     alice_study = _create(client, _study(alice), admin)
     _create(client, _study(bob), admin)
-    doctor = token("radiologist", sub="rpps-42", name="Dr Who", org="401")
+    doctor = token("radiologist", sub="rpps-42", name="Dr Who", org="423")  # Alice's site
     assert client.get(f"/fhir/ImagingStudy/{alice_study}", headers=doctor).status_code == 200
 
     me = token("patient", patient=alice)
@@ -264,7 +264,7 @@ def test_patient_sees_only_own_records_and_who_looked(client: TestClient, token:
 
 def test_every_access_leaves_a_balp_event(client: TestClient, token: Token) -> None:
     admin = token("admin")
-    pid = _create(client, _patient("423", "R-20"), admin)
+    pid = _create(client, _patient("401", "R-20"), admin)  # known at the doctor's site
     study = _create(client, _study(pid), admin)
     doctor = token("radiologist", sub="rpps-7", name="Dr Seven", org="401")
     headers = {**doctor, "X-Request-Id": "req-read-1"}
@@ -498,7 +498,7 @@ def test_a_patient_never_sees_another_patient_in_the_access_log(
         _create(client, _study(alice), admin),
         _create(client, _study(bob), admin),
     )
-    doctor = {**token("radiologist", sub="dr-wide"), "X-Request-Id": "wide-search"}
+    doctor = {**token("radiologist", sub="dr-wide", org="423"), "X-Request-Id": "wide-search"}
     found = client.get("/fhir/ImagingStudy", params={"status": "available"}, headers=doctor)
     assert found.json()["total"] == 2
 
