@@ -70,8 +70,10 @@ def paging_links(
     count: int,
     snapshot: int,
     has_next: bool,
+    next_offset: int | None = None,
 ) -> list[tuple[str, str]]:
-    """self/first/previous/next links; pages are pinned to `snapshot` so they stay stable."""
+    """self/first/previous/next links; pages are pinned to `snapshot` so they stay stable.
+    `next_offset`: where the next page starts when this one read past `offset + count`."""
     kept = [(k, v) for k, v in pairs if k not in ("_offset", "_snapshot", "_count")]
 
     def page(at: int) -> str:
@@ -84,7 +86,7 @@ def paging_links(
     if offset > 0 and count:
         links.append(("previous", page(max(offset - count, 0))))
     if has_next:
-        links.append(("next", page(offset + count)))
+        links.append(("next", page(offset + count if next_offset is None else next_offset)))
     return links
 
 

@@ -103,6 +103,20 @@ class Policy:
             if type_name != "Patient" and self.registry.get(type_name).param("patient") is None:
                 raise Forbidden(f"{type_name} is not available to patients")
 
+    def may_read(self, principal: Principal, type_name: str) -> bool:
+        """True when the caller's role and scopes grant reading `type_name` at all: what an
+        `_include` or `_revinclude` brings along is held to it like a read of its own."""
+        try:
+            self.start(principal, "read", type_name)
+        except Forbidden:
+            return False
+        return True
+
+    def filters(self, principal: Principal) -> bool:
+        """True when `can_see` may drop items that the search's SQL matched (the care
+        relationship is decided per item; a patient's searches are narrowed exactly)."""
+        return principal.role in CLINICAL_ROLES
+
     def start_operation(self, principal: Principal, name: str) -> None:
         """Refuse (403) an operation (`$link`, `$ihe-pix`...) the caller's role does not have."""
         if principal.role not in OPERATIONS.get(name, frozenset()):

@@ -124,7 +124,8 @@ def _annotate(svc: ResourceService, result: SearchResult) -> None:
             for e in study.resource.get("extension", []) or []
             if e.get("url") not in (SITE_URL, HAS_REPORT_URL)
         ] + extensions
-    result.included += [o for o in shown.values() if all(o.id != i.id for i in result.included)]
+    if svc.policy.may_read(svc.principal, "Organization"):
+        result.included += [o for o in shown.values() if all(o.id != i.id for i in result.included)]
 
 
 def _subject(study: Stored) -> list[str]:

@@ -11,7 +11,9 @@ from app.services.resources import HistoryResult, SearchResult
 def searchset(base: str, url: str, result: SearchResult) -> dict[str, Any]:
     """The searchset Bundle of a search result, with links pinned to its snapshot."""
     query = result.query
-    if result.total is not None:
+    if result.next_offset is not None:
+        has_next = True
+    elif result.total is not None:
         has_next = query.offset + len(result.matches) < result.total
     else:
         has_next = len(result.matches) == query.count and query.count > 0
@@ -22,6 +24,7 @@ def searchset(base: str, url: str, result: SearchResult) -> dict[str, Any]:
         count=query.count,
         snapshot=query.snapshot or 0,
         has_next=has_next and query.summary != "count",
+        next_offset=result.next_offset,
     )
     entries = [
         {

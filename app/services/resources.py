@@ -56,6 +56,10 @@ class Written:
     stored: Stored
 
 
+_FILL_ROUNDS = 5  # extra page reads at most to fill a page whose items were partly hidden
+_COUNT_BOUND = 1000  # matches read at most to count what a filtered caller may see
+
+
 @dataclass
 class SearchResult:
     """A search's page, its total, and included resources."""
@@ -64,6 +68,9 @@ class SearchResult:
     matches: list[Stored]
     total: int | None
     included: list[Stored] = field(default_factory=list)
+    # Where the next page starts when filling this one read past `offset + count` (items the
+    # caller may not see were skipped); None: at `offset + count`, or no next page.
+    next_offset: int | None = None
 
 
 @dataclass
@@ -422,16 +429,61 @@ class ResourceService:
         if type_name == "Patient":
             self.identity.prefetch(s.id for s in found)
         matches = [s for s in found if self.visible(s)]
-        included = [s for s in self._included(query, matches) if self.visible(s)]
-        if len(matches) != len(found):
+        next_offset = None
+        if self.policy.filters(self.principal) and query.summary == "count" and total:
+            total = self._count_visible(query)
+        elif self.policy.filters(self.principal):
+            matches, next_offset = self._fill_page(query, found, matches)
+            # A total is shown only when this page held every match and hid none: any other
+            # count could include items the caller may not see (hidden = missing).
+            if query.offset or total != len(found) or len(matches) != len(found):
+                total = None if total else total
+        elif len(matches) != len(found):
             total = None
+        included = [
+            s
+            for s in self._included(query, matches)
+            if self.policy.may_read(self.principal, s.type) and self.visible(s)
+        ]
         for stored in (*matches, *included):
             touch.add(
                 f"{stored.type}/{stored.id}/_history/{stored.version}", self._patients(stored)
             )
         matches = [self.shown(s) for s in matches]
         included = [self.shown(s) for s in included]
-        return SearchResult(query, matches, total, included)
+        return SearchResult(query, matches, total, included, next_offset)
+
+    def _count_visible(self, query: SearchQuery) -> int | None:
+        """`_summary=count` for a caller whose items are decided one by one: the matches it
+        may see, counted up to a bound (beyond it, no total rather than a wrong one)."""
+        every = dataclasses.replace(query, summary=None, count=_COUNT_BOUND, total="none")
+        rows, _ = self.repo.search(every)
+        if len(rows) == _COUNT_BOUND:
+            return None
+        return sum(1 for row in rows if self.visible(row))
+
+    def _fill_page(
+        self, query: SearchQuery, found: list[Stored], matches: list[Stored]
+    ) -> tuple[list[Stored], int | None]:
+        """Where items were hidden from a full page, fill it from the rows that follow, so
+        that neither a short page nor a next link tells that something was skipped; the next
+        page starts after the last row read (a few rounds at most, then the page stays
+        short)."""
+        if len(found) < query.count or len(matches) == query.count or query.count == 0:
+            return matches, None
+        position = query.offset + len(found)
+        for _ in range(_FILL_ROUNDS):
+            following = dataclasses.replace(query, offset=position, total="none")
+            rows, _ = self.repo.search(following)
+            for row in rows:
+                position += 1
+                if self.visible(row):
+                    matches.append(row)
+                    if len(matches) == query.count:
+                        return matches, position
+            if len(rows) < query.count:
+                return matches, None
+        return matches, position
 
     def _expand_persons(self, query: SearchQuery) -> None:
         """The priors of a person are the data of all the person's linked records (PIXm):
