@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # What is loaded by now (models, routes, the registry) lives as long as the process:
+        # frozen, it is out of the cyclic collector's sight, whose full collections would
+        # otherwise rescan it while large responses are built (tail latency).
+        gc.collect()
+        gc.freeze()
         sealer.start()
         try:
             yield
