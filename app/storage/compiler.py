@@ -104,14 +104,15 @@ class Compiler:
         out.append(r.c.pk)
         return out
 
-    def select_page(self, query: SearchQuery) -> Select[Any]:
-        """The page of matching resource rows."""
+    def select_page(self, query: SearchQuery, *, peek: bool = False) -> Select[Any]:
+        """The page of matching resource rows (`peek`: and the first row of the next page, to
+        tell whether there is one)."""
         r = _R
         return (
             select(r)
             .where(*self.where(query, r))
             .order_by(*self.order_by(query, r))
-            .limit(query.count)
+            .limit(query.count + 1 if peek else query.count)
             .offset(query.offset)
         )
 

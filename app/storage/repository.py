@@ -369,11 +369,15 @@ class Repository:
         wants_total = query.total != "none" or query.summary == "count"
         fetched = query.summary != "count" and query.count > 0
         rows: list[Any] = []
+        last = False
         if fetched:
-            rows = list(self.session.execute(self.compiler.select_page(query)).all())
+            page = self.compiler.select_page(query, peek=True)
+            rows = list(self.session.execute(page).all())
+            last = len(rows) <= query.count
+            rows = rows[: query.count]
         total: int | None = None
         if wants_total:
-            if fetched and len(rows) < query.count and (rows or query.offset == 0):
+            if last and (rows or query.offset == 0):
                 # The page is the last one: its rows are the total (page and count read the
                 # same snapshot), no count needed.
                 total = query.offset + len(rows)
