@@ -74,11 +74,13 @@ def priors(svc: ResourceService, patient_id: str | None, pairs: list[tuple[str, 
     result.query.used = [
         (k, v) for k, v in pairs if k in ("identifier", "modality", "since", "until")
     ]
-    # Superseded manifests and reports are history, not priors.
+    # The reports come along; superseded reports are history, and the imaging manifests are
+    # XDS-I's way to the images, which the study's endpoint (WADO-RS) and `$kos` give already.
     result.included = [
         s
         for s in result.included
         if s.resource.get("status") not in ("superseded", "entered-in-error")
+        and not (s.type == "DocumentReference" and is_manifest(s.resource))
     ]
     _annotate(svc, result)
     return Priors(result, patient_id)

@@ -11,6 +11,16 @@ import pydicom
 from fastapi.testclient import TestClient
 
 from tests.conftest import Token
+from tests.mhd.support import (
+    MADO_PATIENT,
+    STUDY_101,
+    binary,
+    kos_bundle,
+    provide,
+    provide_bundle,
+    put_mado_patient,
+    text_document,
+)
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 RELIABILITY = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
@@ -245,3 +255,32 @@ def test_kos_of_a_study_is_a_key_object_selection_document(
     assert kos.StudyInstanceUID == "1.2.826.0.1.3680043.2.1125.77.1"
     assert kos.PatientID == "P423"
     assert client.get("/fhir/ImagingStudy/nope/$kos").status_code == 404
+
+
+def test_priors_bring_reports_not_imaging_manifests(client: TestClient) -> None:
+    """A study registered by its KOS manifest (ITI-65): `$priors` includes its report but not
+    the manifest's DocumentReference (the study's endpoint and `$kos` lead to the images);
+    the plain search with `_revinclude` brings both, as asked."""
+    put_mado_patient(client)
+    assert provide(client, kos_bundle(STUDY_101)).status_code == 200
+    study_id = _matches(client.get("/fhir/ImagingStudy").json())[0]["id"]
+    report = text_document(context={"related": [{"reference": f"ImagingStudy/{study_id}"}]})
+    assert provide(client, provide_bundle([(report, binary(b"CR"))])).status_code == 200
+
+    def included(bundle: dict[str, Any]) -> list[str]:
+        return sorted(
+            e["resource"]["content"][0]["attachment"]["contentType"]
+            for e in bundle["entry"]
+            if e["search"]["mode"] == "include"
+            and e["resource"]["resourceType"] == "DocumentReference"
+        )
+
+    priors = _ok(client.get(f"/fhir/Patient/{MADO_PATIENT}/$priors"), status=200)
+    assert [s["id"] for s in _matches(priors)] == [study_id]
+    assert _ext(_matches(priors)[0], HAS_REPORT) is True
+    assert included(priors) == ["text/plain"]
+    search = client.get(
+        "/fhir/ImagingStudy",
+        params={"patient": f"Patient/{MADO_PATIENT}", "_revinclude": "DocumentReference:related"},
+    ).json()
+    assert included(search) == ["application/dicom", "text/plain"]
