@@ -28,7 +28,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.demo:
         _demo(settings, args)
     uvicorn.run(
-        "app.main:create_app",
+        "app.main:server_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,

@@ -20,19 +20,21 @@ DESCRIPTION = """RIX, the Regional Imaging eXchange: a FHIR R4 server (`/fhir`) 
 patients' prior imaging exams across the hospitals and imaging centres of a region."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A RIX application for `settings` (from the environment when omitted)."""
+def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -> FastAPI:
+    """A RIX application for `settings` (from the environment when omitted); `freeze_heap`
+    for the one application of a server process (see `server_app`)."""
     settings = settings or get_settings()
     rt = Runtime.build(settings)
     sealer = Sealer(rt.sessions, rt.trail, settings.audit_seal_interval)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # What is loaded by now (models, routes, the registry) lives as long as the process:
-        # frozen, it is out of the cyclic collector's sight, whose full collections would
-        # otherwise rescan it while large responses are built (tail latency).
-        gc.collect()
-        gc.freeze()
+        if freeze_heap:
+            # What is loaded by now (models, routes, the registry) lives as long as the
+            # process: frozen, it is out of the cyclic collector's sight, whose full
+            # collections would otherwise rescan it while large responses are built.
+            gc.collect()
+            gc.freeze()
         sealer.start()
         try:
             yield
@@ -47,6 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestId)
     _declare_bearer_auth(app)
     return app
+
+
+def server_app() -> FastAPI:
+    """The application `rix serve` runs: one per process, for the process's lifetime."""
+    return create_app(freeze_heap=True)
 
 
 PUBLIC_PATHS = {"/fhir/metadata", "/healthz", "/readyz", "/.well-known/jwks.json"}

@@ -180,7 +180,7 @@ class Documents:
         study = imaging_study(
             manifest,
             patient_reference=subject,
-            endpoint_reference=f"Endpoint/{self._rix_endpoint()}",
+            endpoint_reference=f"Endpoint/{self.rix_endpoint()}",
             started_fallback=document.get("date"),
         )
         criteria = [("identifier", f"{DICOM_UID_SYSTEM}|{uid}")]
@@ -230,7 +230,7 @@ class Documents:
         context["related"] = related + missing
         self.svc.update("DocumentReference", stored.id, {**document, "context": context})
 
-    def _rix_endpoint(self) -> str:
+    def rix_endpoint(self) -> str:
         """RIX's own DICOMweb (WADO-RS) Endpoint, created on first use: studies point at it,
         never at a site's internal PACS."""
         found = self.svc.repo.by_identifier("Endpoint", ENDPOINT_ID_SYSTEM, RIX_ENDPOINT_ID)
