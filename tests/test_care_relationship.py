@@ -350,6 +350,24 @@ def test_the_report_s_binary_is_bound_to_its_document(client: TestClient, token:
     assert stored["data"]  # the content is untouched
 
 
+def test_another_site_may_not_overwrite_or_delete_the_report_s_bytes(
+    client: TestClient, token: Token
+) -> None:
+    """A bound Binary is written with the rights of its document: Tours' system can neither
+    replace Romorantin's report bytes nor delete them; Romorantin's can."""
+    s = _scene(client, token)
+    url = f"/fhir/Binary/{s['binary']}"
+    stored = client.get(url).json()
+    forged = {**binary(b"forged"), "id": s["binary"]}
+    tours = token("site-system", org=TOURS)
+    assert client.put(url, json=forged, headers=tours).status_code == 403
+    assert client.delete(url, headers=tours).status_code == 403
+    assert client.get(url).json()["data"] == stored["data"]
+    romorantin = token("site-system", org=ROMORANTIN)
+    kept = {**forged, "securityContext": stored["securityContext"]}
+    assert client.put(url, json=kept, headers=romorantin).status_code == 200
+
+
 def _post(client: TestClient, headers: dict[str, str], resource: dict[str, Any]) -> str:
     response = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers=headers)
     assert response.status_code == 201, response.text

@@ -222,7 +222,8 @@ class Policy:
         patients: PatientLookup,
         facts: Facts,
     ) -> None:
-        """A site system writes only in its own site's patient-identifier namespace."""
+        """A site system writes only in its own site's patient-identifier namespace (a Binary:
+        that of the patients of its `securityContext`)."""
         if principal.role != "site-system":
             return
         if not principal.organization_id:
@@ -231,7 +232,13 @@ class Policy:
         if type_name == "Patient":
             _check_patient_namespaces(resource, own, facts.registered_namespaces())
             return
-        for pid in self.patients_of(type_name, resource_id or "", resource):
+        about = self.patients_of(type_name, resource_id or "", resource)
+        if type_name == "Binary":
+            # A document's bytes belong to the patients of the resource they are read with.
+            target = local_reference((resource.get("securityContext") or {}).get("reference"))
+            content = facts.lookup(*target) if target and target[0] in self.registry else None
+            about = self.patients_of(target[0], target[1], content) if target and content else set()
+        for pid in about:
             patient = patients(pid)
             if patient is None:
                 continue  # a dangling reference is the client's business; nothing to protect
