@@ -368,6 +368,27 @@ def test_another_site_may_not_overwrite_or_delete_the_report_s_bytes(
     assert client.put(url, json=kept, headers=romorantin).status_code == 200
 
 
+def test_instance_history_hides_versions_about_another_patient(
+    client: TestClient, token: Token
+) -> None:
+    """A document first filed under Tours' patient, then moved to Agathe: Romorantin sees the
+    document and its history, but not the version that was about Tours' patient."""
+    s = _scene(client, token)
+    first = _document(s["b1"], "http://example.org/report.txt")
+    doc_id = _post(client, {}, first)
+    moved = {**first, "id": doc_id, "subject": {"reference": f"Patient/{s['a1']}"}}
+    assert client.put(f"/fhir/DocumentReference/{doc_id}", json=moved).status_code == 200
+    romorantin = token("radiologist", org=ROMORANTIN)
+    history = client.get(f"/fhir/DocumentReference/{doc_id}/_history", headers=romorantin)
+    assert history.status_code == 200, history.text
+    versions = [e["resource"]["meta"]["versionId"] for e in history.json()["entry"]]
+    assert versions == ["2"]
+    assert (
+        client.get(f"/fhir/DocumentReference/{doc_id}/_history/1", headers=romorantin).status_code
+        == 404
+    )
+
+
 def _post(client: TestClient, headers: dict[str, str], resource: dict[str, Any]) -> str:
     response = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers=headers)
     assert response.status_code == 201, response.text

@@ -585,7 +585,11 @@ class ResourceService:
             count=count,
             offset=offset,
         )
-        if not resource_id:
+        if resource_id:
+            # A version about someone else (a document moved to the right patient) stays
+            # hidden; the count of versions is no secret (the current versionId tells it).
+            entries = [e for e in entries if self.visible(e)]
+        else:
             visible = [e for e in entries if self.visible(e)]
             if len(visible) != len(entries):
                 raise Forbidden("This history contains items you may not see; search instead")
