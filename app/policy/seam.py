@@ -3,7 +3,8 @@
 - `start`: may this request begin? (role x type matrix and SMART scopes)
 - `narrow`: extra search criteria, so the database skips what the caller may not see (speed)
 - `can_see`: per item, for every item that leaves the server (the guarantee)
-- `check_write`: organisation boundaries on what a caller may create or change
+- `check_write`: organisation boundaries on what a caller may create or change, and patient
+  choice at the door
 
 The care relationship (`can_see` for `radiologist`, `clinician`, `gp`): an item about patients
 (its `patient` search parameter; a Patient is about itself) leaves only when one of those
@@ -11,8 +12,17 @@ patients' persons has a record at the caller's organisation (its namespaces, dir
 an identity link); clinical data (ServiceRequest, ImagingStudy, DocumentReference, List) naming
 no patient stays hidden; a Binary is seen with the rights of the resource its `securityContext`
 names (FHIR binary.html: a document's bytes are the DocumentReference's), and without one not at
-all; directory data (Organization, Endpoint, Practitioner...) is visible. Consent and
-break-glass refine it in later issues.
+all; directory data (Organization, Endpoint, Practitioner...) is visible.
+
+Patient choice (`app.policy.consent`, the RIX Consent model of profiles/README.md), for every
+role but `patient`: an item an active deny of its person covers (an opposition: every
+ImagingStudy, DocumentReference, List, ServiceRequest; an exam opposition: the exams it names
+and the documents pointing at them; a Binary through its `securityContext`) is hidden from
+everyone outside the producing site, the site whose namespaces hold the item's Patient record
+(its staff and systems still see it); unless the request's purpose of use is ETREAT or BTG and
+every covering deny carries the emergency permit. `check_write` refuses (422) incoming content
+such a deny covers (ImagingStudy, DocumentReference, List), for every writer: the exam stays at
+the site. Break-glass grants come in a later issue.
 
 Audit (`complete`) is the AuditRecorder's job, fed by the same service calls. Hidden and missing
 are indistinguishable: callers turn a `can_see` refusal into 404, never 403.
@@ -24,11 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.errors import Forbidden
+from app.errors import Forbidden, Unprocessable
 from app.fhir.fhirpath import reference_type
 from app.fhir.naming import IPP_PREFIX
 from app.fhir.registry import Registry
 from app.fhir.search import SearchParser, SearchQuery
+from app.policy import consent
+from app.policy.consent import Decision
 from app.policy.principal import Principal
 from app.policy.rules import CLINICAL_DATA, role_allows
 from app.policy.scopes import LETTER, scope_allows
@@ -78,6 +90,14 @@ class Facts(Protocol):
         """The current content of a resource (None when unknown or deleted)."""
         ...
 
+    def consents_exist(self) -> bool:
+        """True when some active Consent is stored at all."""
+        ...
+
+    def consents_of(self, patient_id: str) -> list[Decision]:
+        """The active decisions of this record's person (any of its records' Consents)."""
+        ...
+
 
 @dataclass
 class Policy:
@@ -112,10 +132,13 @@ class Policy:
             return False
         return True
 
-    def filters(self, principal: Principal) -> bool:
-        """True when `can_see` may drop items that the search's SQL matched (the care
-        relationship is decided per item; a patient's searches are narrowed exactly)."""
-        return principal.role in CLINICAL_ROLES
+    def filters(self, principal: Principal, facts: Facts) -> bool:
+        """True when `can_see` may drop items that the search's SQL matched: the care
+        relationship is decided per item, and so are patients' choices (Consent) for every role
+        once some Consent is active; a patient's searches are narrowed exactly."""
+        if principal.role in CLINICAL_ROLES:
+            return True
+        return principal.role != "patient" and facts.consents_exist()
 
     def start_operation(self, principal: Principal, name: str) -> None:
         """Refuse (403) an operation (`$link`, `$ihe-pix`...) the caller's role does not have."""
@@ -152,8 +175,71 @@ class Policy:
             mine = facts.records_of_person(principal.patient or "")
             return bool(mine & self.patients_of(type_name, resource_id, resource()))
         if principal.role in CLINICAL_ROLES:
-            return self._in_care(principal, type_name, resource_id, resource, facts, depth)
+            if not self._in_care(principal, type_name, resource_id, resource, facts, depth):
+                return False
+            # A Binary was decided, consent included, with the rights of its context.
+            return type_name == "Binary" or self._consented(
+                principal, type_name, resource_id, resource, facts
+            )
+        if type_name == "Binary":
+            return self._binary_consented(principal, resource(), facts, depth)
+        return self._consented(principal, type_name, resource_id, resource, facts)
+
+    def _consented(
+        self,
+        principal: Principal,
+        type_name: str,
+        resource_id: str,
+        resource: Callable[[], dict[str, Any]],
+        facts: Facts,
+    ) -> bool:
+        """The patient's choices (see the module docstring): False when an active deny of the
+        item's person covers it, the caller is not of the producing site, and the deny's
+        emergency permit does not apply to the request's purpose of use."""
+        if type_name not in consent.COVERED_TYPES or not facts.consents_exist():
+            return True
+        content = resource()
+        for pid in sorted(self.patients_of(type_name, resource_id, content)):
+            covering = [
+                d
+                for d in facts.consents_of(pid)
+                if consent.covers(d, type_name, resource_id, content, facts.lookup)
+            ]
+            if not covering or self._producing_site(principal, pid, facts):
+                continue
+            if not all(consent.lets_through(d, principal.purpose_of_use) for d in covering):
+                return False
         return True
+
+    def _binary_consented(
+        self, principal: Principal, binary: dict[str, Any], facts: Facts, depth: int
+    ) -> bool:
+        """For a role outside the care relationship, a Binary is held to its `securityContext`'s
+        consent decision (one without a context, or with an unknown one, has none to follow)."""
+        target = local_reference((binary.get("securityContext") or {}).get("reference"))
+        if target is None or target[0] not in self.registry or not facts.consents_exist():
+            return True
+        type_name, resource_id = target
+        content = facts.lookup(type_name, resource_id)
+        if content is None:
+            return True
+        if depth >= CONTEXT_DEPTH:
+            return False  # a loop or too long a chain: not followed to the end, so hidden
+        if type_name == "Binary":
+            return self._binary_consented(principal, content, facts, depth + 1)
+        return self._consented(principal, type_name, resource_id, lambda: content, facts)
+
+    @staticmethod
+    def _producing_site(principal: Principal, patient_id: str, facts: Facts) -> bool:
+        """True when the caller's organisation holds this very record (its identifiers are in
+        the site's namespaces): the site that produced the data keeps seeing it."""
+        if not principal.organization_id:
+            return False
+        own = facts.site_namespaces(principal.organization_id)
+        record = facts.lookup("Patient", patient_id) or {}
+        return any(
+            isinstance(i, dict) and i.get("system") in own for i in record.get("identifier", [])
+        )
 
     def _in_care(
         self,
@@ -221,9 +307,15 @@ class Policy:
         resource: dict[str, Any],
         patients: PatientLookup,
         facts: Facts,
+        *,
+        incoming: bool = True,
     ) -> None:
         """A site system writes only in its own site's patient-identifier namespace (a Binary:
-        that of the patients of its `securityContext`)."""
+        that of the patients of its `securityContext`). Filtering at the door: no writer
+        brings in (`incoming`: the content to be stored, not the one being replaced) an exam
+        its patient opposes."""
+        if incoming:
+            self._check_consent(type_name, resource_id, resource, facts)
         if principal.role != "site-system":
             return
         if not principal.organization_id:
@@ -248,6 +340,29 @@ class Policy:
                     f"({', '.join(sorted(own))}); a site may only register data for its own "
                     "patients"
                 )
+
+    def _check_consent(
+        self, type_name: str, resource_id: str | None, resource: dict[str, Any], facts: Facts
+    ) -> None:
+        """Refuse (422) an exam of a patient whose person opposes its sharing (an opposition:
+        every exam; an exam opposition: the exams it names); content that takes data out of
+        sharing (entered-in-error, superseded...) is always accepted."""
+        if type_name not in consent.REFUSED_TYPES or resource.get("status") in consent.WITHDRAWING:
+            return
+        if not facts.consents_exist():
+            return
+        for pid in sorted(self.patients_of(type_name, resource_id or "", resource)):
+            for decision in facts.consents_of(pid):
+                if consent.covers(decision, type_name, resource_id or "", resource, facts.lookup):
+                    which = (
+                        "regional sharing"
+                        if decision.kind == "opposition"
+                        else "the sharing of this exam"
+                    )
+                    raise Unprocessable(
+                        f"patient opposed to {which}; keep the exam locally "
+                        f"(Consent/{decision.consent_id})"
+                    )
 
 
 def local_reference(reference: Any) -> tuple[str, str] | None:

@@ -9,6 +9,7 @@ from sqlalchemy import false, select
 
 from app.fhir.naming import NAMESPACE_SYSTEM, SITE_ID_SYSTEM, ipp_system
 from app.identity.vigilance import Vigilance
+from app.policy.consent import DENY_KINDS, KIND_SYSTEM, Decision, decision
 from app.storage.repository import Repository
 from app.storage.tables import INDEX_TABLES, RESOURCE
 
@@ -23,6 +24,8 @@ class RequestFacts:
         self._registered: set[str] | None = None
         self._known: dict[tuple[str, frozenset[str]], bool] = {}
         self._resources: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._any_consent: bool | None = None
+        self._consents: dict[frozenset[str], list[Decision]] = {}
 
     def site_namespaces(self, site_id: str) -> set[str]:
         """The site's declared namespaces (site registry), and always its default one."""
@@ -73,3 +76,54 @@ class RequestFacts:
             live = stored is not None and not stored.deleted and stored.content is not None
             self._resources[key] = stored.resource if stored is not None and live else None
         return self._resources[key]
+
+    def consents_exist(self) -> bool:
+        """True when some active opposition or exam opposition is stored at all (one indexed
+        probe per request): without one, no item needs a consent decision."""
+        if self._any_consent is None:
+            self.repo.flush()
+            status = INDEX_TABLES["token"].alias("status")
+            kind = INDEX_TABLES["token"].alias("kind")
+            found = self.repo.session.execute(
+                select(status.c.resource_pk)
+                .join(kind, kind.c.resource_pk == status.c.resource_pk)
+                .join(RESOURCE, RESOURCE.c.pk == status.c.resource_pk)
+                .where(
+                    status.c.resource_type == "Consent",
+                    status.c.param == "status",
+                    status.c.code == "active",
+                    kind.c.resource_type == "Consent",
+                    kind.c.param == "category",
+                    kind.c.system == KIND_SYSTEM,
+                    kind.c.code.in_(sorted(DENY_KINDS)),
+                    RESOURCE.c.deleted == false(),
+                )
+                .limit(1)
+            ).first()
+            self._any_consent = found is not None
+        return self._any_consent
+
+    def consents_of(self, patient_id: str) -> list[Decision]:
+        """The active decisions of this record's person (Consents whose `patient` is any of the
+        person's records), in one statement per person and request."""
+        if not self.consents_exist():
+            return []
+        records = frozenset(self.records_of_person(patient_id))
+        if records not in self._consents:
+            self.repo.flush()
+            reference = INDEX_TABLES["reference"]
+            rows = self.repo.session.execute(
+                select(RESOURCE)
+                .join(reference, reference.c.resource_pk == RESOURCE.c.pk)
+                .where(
+                    reference.c.resource_type == "Consent",
+                    reference.c.param == "patient",
+                    reference.c.target_type == "Patient",
+                    reference.c.target_id.in_(sorted(records)),
+                    RESOURCE.c.deleted == false(),
+                )
+            ).all()
+            unique = {row.pk: self.repo.row_stored(row) for row in rows}.values()
+            found = [decision(s.resource) for s in unique if s.content is not None]
+            self._consents[records] = [d for d in found if d.active and d.kind in DENY_KINDS]
+        return self._consents[records]

@@ -163,10 +163,23 @@ class ResourceService:
         return stored.resource if stored and not stored.deleted else None
 
     def _check_write(
-        self, type_name: str, resource_id: str | None, resource: dict[str, Any]
+        self,
+        type_name: str,
+        resource_id: str | None,
+        resource: dict[str, Any],
+        *,
+        incoming: bool = True,
     ) -> None:
+        """The policy's write check; `incoming=False` for the stored content being replaced
+        or deleted (organisation boundaries only: a patient's choice never blocks removal)."""
         self.policy.check_write(
-            self.principal, type_name, resource_id, resource, self._patient_lookup, self.facts
+            self.principal,
+            type_name,
+            resource_id,
+            resource,
+            self._patient_lookup,
+            self.facts,
+            incoming=incoming,
         )
 
     # -- reads --------------------------------------------------------------------------------
@@ -269,7 +282,7 @@ class ResourceService:
             return self._wrote(touch, Written(201, self.repo.create(resource, resource_id, "PUT")))
         self._check_version(current, if_match)
         if current.content is not None:
-            self._check_write(type_name, resource_id, current.resource)
+            self._check_write(type_name, resource_id, current.resource, incoming=False)
         if _unchanged(current, resource):
             return self._wrote(touch, Written(200, current))
         status = 201 if current.deleted else 200
@@ -309,7 +322,7 @@ class ResourceService:
             )
         self._check_version(current, if_match)
         current = self.repo.current(type_name, current.id) or current
-        self._check_write(type_name, current.id, current.resource)
+        self._check_write(type_name, current.id, current.resource, incoming=False)
         if _unchanged(current, resource):
             return self._wrote(touch, Written(200, current))
         return self._wrote(touch, Written(200, self.repo.update(current, resource)))
@@ -349,7 +362,7 @@ class ResourceService:
         if patched.get("id") != current.id or patched.get("resourceType") != current.type:
             raise Unprocessable("A patch may not change the resource's id or type")
         resource = self._validated(current.type, patched, current.id)
-        self._check_write(current.type, current.id, current.resource)
+        self._check_write(current.type, current.id, current.resource, incoming=False)
         self._check_write(current.type, current.id, resource)
         return self.repo.update(current, resource)
 
@@ -366,7 +379,7 @@ class ResourceService:
             return None
         self._check_version(current, if_match)
         touch.patients |= self._patients(current)
-        self._check_write(type_name, resource_id, current.resource)
+        self._check_write(type_name, resource_id, current.resource, incoming=False)
         return self.repo.delete(current)
 
     def conditional_delete(self, type_name: str, criteria: list[tuple[str, str]]) -> Stored | None:
@@ -379,7 +392,7 @@ class ResourceService:
         current = self.repo.current(type_name, found[0].id)
         assert current is not None
         touch.add(f"{type_name}/{current.id}", self._patients(current))
-        self._check_write(type_name, current.id, current.resource)
+        self._check_write(type_name, current.id, current.resource, incoming=False)
         return self.repo.delete(current)
 
     def conditional_matches(self, type_name: str, criteria: list[tuple[str, str]]) -> list[Stored]:
@@ -430,9 +443,9 @@ class ResourceService:
             self.identity.prefetch(s.id for s in found)
         matches = [s for s in found if self.visible(s)]
         next_offset = None
-        if self.policy.filters(self.principal) and query.summary == "count" and total:
+        if self.policy.filters(self.principal, self.facts) and query.summary == "count" and total:
             total = self._count_visible(query)
-        elif self.policy.filters(self.principal):
+        elif self.policy.filters(self.principal, self.facts):
             matches, next_offset = self._fill_page(query, found, matches)
             # A total is shown only when this page held every match and hid none: any other
             # count could include items the caller may not see (hidden = missing).
