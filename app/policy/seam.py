@@ -216,13 +216,10 @@ class Policy:
     ) -> bool:
         """For a role outside the care relationship, a Binary is held to its `securityContext`'s
         consent decision (one without a context, or with an unknown one, has none to follow)."""
-        target = local_reference((binary.get("securityContext") or {}).get("reference"))
-        if target is None or target[0] not in self.registry or not facts.consents_exist():
+        context = self._context(binary, facts)
+        if context is None or not facts.consents_exist():
             return True
-        type_name, resource_id = target
-        content = facts.lookup(type_name, resource_id)
-        if content is None:
-            return True
+        type_name, resource_id, content = context
         if depth >= CONTEXT_DEPTH:
             return False  # a loop or too long a chain: not followed to the end, so hidden
         if type_name == "Binary":
@@ -272,16 +269,24 @@ class Policy:
     ) -> bool:
         """A Binary is seen with the access rights of the resource its `securityContext`
         names (a local `Type/id`); none, an unknown one or too deep a chain: hidden."""
-        target = local_reference((binary.get("securityContext") or {}).get("reference"))
-        if target is None or depth >= CONTEXT_DEPTH or target[0] not in self.registry:
+        context = self._context(binary, facts)
+        if context is None or depth >= CONTEXT_DEPTH:
             return False
-        type_name, resource_id = target
-        content = facts.lookup(type_name, resource_id)
-        if content is None:
-            return False
+        type_name, resource_id, content = context
         return self.can_see(
             principal, type_name, resource_id, lambda: content, facts, depth=depth + 1
         )
+
+    def _context(
+        self, binary: dict[str, Any], facts: Facts
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        """The live resource a Binary's `securityContext` names on this server (type, id,
+        content); None without one, or for anything else."""
+        target = local_reference((binary.get("securityContext") or {}).get("reference"))
+        if target is None or target[0] not in self.registry:
+            return None
+        content = facts.lookup(*target)
+        return (target[0], target[1], content) if content is not None else None
 
     def patients_of(self, type_name: str, resource_id: str, resource: dict[str, Any]) -> set[str]:
         """Logical ids of the patients a resource is about (by its `patient` search parameter)."""
@@ -327,9 +332,8 @@ class Policy:
         about = self.patients_of(type_name, resource_id or "", resource)
         if type_name == "Binary":
             # A document's bytes belong to the patients of the resource they are read with.
-            target = local_reference((resource.get("securityContext") or {}).get("reference"))
-            content = facts.lookup(*target) if target and target[0] in self.registry else None
-            about = self.patients_of(target[0], target[1], content) if target and content else set()
+            context = self._context(resource, facts)
+            about = self.patients_of(*context) if context else set()
         for pid in about:
             patient = patients(pid)
             if patient is None:
