@@ -48,8 +48,8 @@ from app.policy.scopes import LETTER, scope_allows
 # Looks a Patient up by its logical id (None when unknown or deleted).
 PatientLookup = Callable[[str], dict[str, Any] | None]
 
-# Roles that see patients only where a care relationship exists (here: the patient is known
-# at the caller's organisation; consent and break-glass refine it in the consent issue).
+# Roles that see patients only where a care relationship exists (the patient is known at the
+# caller's organisation; break-glass and the prescriber's access are not built yet).
 CLINICAL_ROLES = frozenset({"radiologist", "clinician", "gp"})
 # Types whose items a clinical role never sees without a patient to establish the relationship.
 CARE_DATA = frozenset(CLINICAL_DATA) - {"Binary"}
