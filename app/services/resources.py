@@ -443,14 +443,15 @@ class ResourceService:
             self.identity.prefetch(s.id for s in found)
         matches = [s for s in found if self.visible(s)]
         next_offset = None
-        if self.policy.filters(self.principal, self.facts) and query.summary == "count" and total:
-            total = self._count_visible(query)
-        elif self.policy.filters(self.principal, self.facts):
+        filtered = self.policy.filters(self.principal, self.facts)
+        if filtered and query.summary == "count":
+            total = self._count_visible(query) if total else total
+        elif filtered:
             matches, next_offset = self._fill_page(query, found, matches)
-            # A total is shown only when this page held every match and hid none: any other
-            # count could include items the caller may not see (hidden = missing).
-            if query.offset or total != len(found) or len(matches) != len(found):
-                total = None if total else total
+            # A total (but 0) is shown only when this page held every match and hid none: any
+            # other count could include items the caller may not see (hidden = missing).
+            if total and (query.offset or total != len(found) or len(matches) != len(found)):
+                total = None
         elif len(matches) != len(found):
             total = None
         included = [
