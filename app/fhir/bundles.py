@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -88,6 +89,25 @@ def paging_links(
     if has_next:
         links.append(("next", page(offset + count if next_offset is None else next_offset)))
     return links
+
+
+# The paging parameter that keeps a search's or history's safe horizon on every page of its
+# snapshot (RIX's own, like `_snapshot`; clients follow the links and never write it).
+HORIZON_PARAM = "_horizon"
+
+
+def pin_horizon(bundle_: dict[str, Any], horizon: datetime) -> dict[str, Any]:
+    """Give a searchset or history Bundle its safe horizon as meta.lastUpdated, and carry it in
+    the links of the same snapshot (first, previous, next): every page of one snapshot tells the
+    same horizon, the one taken before the snapshot, so a client that pages to the end and asks
+    again with `_since=meta.lastUpdated` misses nothing (FHIR R4 http.html#history)."""
+    stamp = format_instant(horizon)
+    bundle_["meta"] = {**bundle_.get("meta", {}), "lastUpdated": stamp}
+    pin = urlencode([(HORIZON_PARAM, stamp)])
+    for link in bundle_.get("link", []):
+        if link["relation"] != "self":
+            link["url"] += ("&" if "?" in link["url"] else "?") + pin
+    return bundle_
 
 
 _MANDATORY = ("resourceType", "id", "meta")

@@ -48,6 +48,9 @@ class ResourceDefinition:
     conditional_create: bool = True
     conditional_update: bool = True
     conditional_delete: bool = True
+    # Interactions the type refuses on purpose, with the reason the refusal gives (not
+    # advertised in the CapabilityStatement, answered 405 with this text).
+    refused: dict[str, str] = field(default_factory=dict)
 
     def param(self, code: str) -> SearchParam | None:
         """The search parameter called `code`, if the type has one."""
@@ -84,6 +87,15 @@ IMMUTABLE = {"AuditEvent"}
 # They have one version each, so no history or vread either: ITI-81 search is the way in.
 IMMUTABLE_INTERACTIONS = ("read", "create", "search-type")
 
+# A patient's decision is never erased (profiles/README.md, "Withdrawal and supersession"; IHE
+# PCF): it is withdrawn by a new version with status = inactive, so its history stays whole.
+NEVER_DELETED = {
+    "Consent": (
+        "Consents are never deleted: withdraw a decision with a new version of the same "
+        "Consent (same identifier) with status=inactive and the withdrawal's dateTime"
+    ),
+}
+
 
 def build_registry() -> Registry:
     """The registry of SERVED_TYPES with their R4 search parameters."""
@@ -93,9 +105,12 @@ def build_registry() -> Registry:
             name: ResourceDefinition(
                 name,
                 {p.code: p for p in params_for(name, definitions)},
-                IMMUTABLE_INTERACTIONS if name in IMMUTABLE else INTERACTIONS,
+                IMMUTABLE_INTERACTIONS
+                if name in IMMUTABLE
+                else tuple(i for i in INTERACTIONS if i != "delete" or name not in NEVER_DELETED),
                 conditional_update=name not in IMMUTABLE,
-                conditional_delete=name not in IMMUTABLE,
+                conditional_delete=name not in IMMUTABLE and name not in NEVER_DELETED,
+                refused={"delete": NEVER_DELETED[name]} if name in NEVER_DELETED else {},
             )
             for name in SERVED_TYPES
         }

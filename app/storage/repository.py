@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -88,6 +90,40 @@ _CURRENT = select(RESOURCE).where(
 )
 
 
+# The change feed's safe horizon (FHIR R4 http.html#history, `_since`): a reader may promise
+# "every version stamped before H is committed and visible to me" when each writing transaction
+# stamps its versions no earlier than its own start, and the reader takes H no later than the
+# start of any transaction still able to commit. On PostgreSQL both sides use the database's
+# clock (several RIX hosts may share one database; their clocks may differ):
+# - a writer takes its first stamp once it holds a transaction id, so that a reader either sees
+#   it in pg_stat_activity (and stays below its start) or read its own clock before that stamp
+#   was taken. The CTE is materialised so that the id is assigned before the clock is read.
+_PG_WRITER_FLOOR = text(
+    "WITH xact AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)"
+    " SELECT clock_timestamp() AT TIME ZONE 'UTC' FROM xact"
+)
+# - a reader reads its clock first, then the oldest start among the transactions of this
+#   database holding an id (only those can have written: an idle pooled connection, or a
+#   transaction that has only read, holds none and must not hold the horizon back). RIX's
+#   writers all connect as one role, whose own sessions' starts are visible to it;
+#   `backend_start` (earlier still) stands in when `track_activities` is off.
+_PG_READER_CLOCK = text("SELECT clock_timestamp() AT TIME ZONE 'UTC'")
+_PG_OLDEST_WRITER = text(
+    "SELECT min(coalesce(xact_start, backend_start)) AT TIME ZONE 'UTC' FROM pg_stat_activity"
+    " WHERE datname = current_database() AND usename = current_user"
+    " AND backend_xid IS NOT NULL"
+)
+_MAX_STAMP = select(func.max(VERSION.c.last_updated))
+_EPOCH = datetime(1970, 1, 1)  # the horizon of a database without any version yet
+
+
+def _to_millisecond(value: datetime) -> datetime:
+    """Down to the millisecond, the precision of a FHIR instant. Stamps and horizons are both
+    cut down, and cutting down keeps order (a >= b implies cut(a) >= cut(b)), so the horizon's
+    promise holds on the values clients see."""
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
 # Columns bound by the batched inserts (executemany needs every row to bind the same ones).
 _COLUMNS: dict[str, list[str]] = {
     table.name: [c.name for c in table.columns if c.name not in ("id", "seq")]
@@ -114,7 +150,12 @@ class Repository:
         self._written: dict[tuple[str, str], Stored] = {}
         # Called with every version this repository writes (identity vigilance listens).
         self.listeners: list[Callable[[Stored], None]] = []
+        # The clock of this transaction's stamps (see `_clock`) and its horizon (see `horizon`).
+        self._floor: tuple[datetime, float] | None = None
+        self._horizon: datetime | None = None
         event.listen(session, "before_commit", self._before_commit)
+        event.listen(session, "after_commit", self._end_transaction)
+        event.listen(session, "after_rollback", self._end_transaction)
 
     def flush(self) -> None:
         """Insert the queued history and index rows: one COPY per table on PostgreSQL (a tenth
@@ -137,6 +178,65 @@ class Repository:
 
     def _before_commit(self, _session: Session) -> None:
         self.flush()
+
+    def _end_transaction(self, _session: Session) -> None:
+        # Both belong to one transaction: a next one on this session starts afresh.
+        self._floor = None
+        self._horizon = None
+
+    # -- the change feed's clock ----------------------------------------------------------------
+
+    def _clock(self) -> datetime:
+        """The stamp (`meta.lastUpdated`) of a version written now: never earlier than the
+        start of this transaction, as the horizon requires.
+
+        The first stamp of a transaction is read once: on PostgreSQL from the database's clock
+        after the transaction holds an id (`_PG_WRITER_FLOOR`); on SQLite from this process's
+        clock, the write lock being held from `BEGIN IMMEDIATE` (app/storage/db.py), so that
+        stamps follow the order in which writers commit. Later stamps add this process's
+        monotonic time elapsed since: no round trip per version, and never backwards.
+        """
+        if self._floor is None:
+            if self.session.get_bind().dialect.name == "postgresql":
+                floor: datetime = self.session.execute(_PG_WRITER_FLOOR).scalar_one()
+            else:
+                floor = now_utc()
+            self._floor = (floor, time.monotonic())
+            return _to_millisecond(floor)
+        floor, started = self._floor
+        return _to_millisecond(floor + timedelta(seconds=time.monotonic() - started))
+
+    def horizon(self) -> datetime:
+        """The change feed's safe horizon H: every version stamped before H is committed and
+        visible to this transaction, and every version not yet visible will be stamped H or
+        later. A client that follows a feed with `_since=H` (the Bundle's meta.lastUpdated)
+        misses nothing (FHIR R4 http.html#history; at least once: versions stamped H or later
+        may come again). Computed once per transaction, before the reads it covers.
+
+        PostgreSQL: the reader's database clock, held back to the start of the oldest
+        transaction of this database holding a transaction id (`_PG_OLDEST_WRITER`).
+        SQLite: a transaction holding the write lock (every unit when audit is on) sees every
+        commit and none can happen until it ends: its clock now. Otherwise (a deferred read)
+        the newest stamp of its snapshot: writers stamp while holding the lock, so one that
+        this snapshot does not see stamps no earlier than the last commit it does see.
+        """
+        if self._horizon is not None:
+            return self._horizon
+        self.flush()
+        connection = self.session.connection()
+        if connection.dialect.name == "postgresql":
+            now: datetime = self.session.execute(_PG_READER_CLOCK).scalar_one()
+            oldest: datetime | None = self.session.execute(_PG_OLDEST_WRITER).scalar_one()
+            horizon = now if oldest is None else min(now, oldest)
+        elif connection.get_execution_options().get("rix_write"):
+            horizon = now_utc()
+        else:
+            newest: datetime | None = self.session.execute(_MAX_STAMP).scalar_one()
+            horizon = newest or _EPOCH
+        if self._floor is not None:  # this transaction's own writes are not committed yet
+            horizon = min(horizon, self._floor[0])
+        self._horizon = _to_millisecond(horizon)
+        return self._horizon
 
     def _queue(self, table: Table, rows: list[dict[str, Any]]) -> None:
         self._pending.setdefault(table, []).extend(rows)
@@ -222,7 +322,7 @@ class Repository:
         `method` is what history reports (PUT for update-as-create)."""
         type_name = resource["resourceType"]
         resource_id = resource_id or new_id()
-        now = now_utc()
+        now = self._clock()
         content = self.stamp(resource, resource_id, 1, now)
         values = {
             "resource_type": type_name,
@@ -268,7 +368,7 @@ class Repository:
 
     def update(self, current: Stored, resource: dict[str, Any]) -> Stored:
         """Write the next version of `current` (which may be a tombstone)."""
-        now = max(now_utc(), current.last_updated)
+        now = max(self._clock(), current.last_updated)
         version = current.version + 1
         content = self.stamp(resource, current.id, version, now)
         self._advance(current, version, now, deleted=False, content=content)
@@ -282,7 +382,7 @@ class Repository:
 
     def delete(self, current: Stored) -> Stored:
         """Write a tombstone version; the history keeps every earlier version."""
-        now = max(now_utc(), current.last_updated)
+        now = max(self._clock(), current.last_updated)
         version = current.version + 1
         self._advance(current, version, now, deleted=True, content=None)
         stored = Stored(current.pk, current.type, current.id, version, now, True, None, "DELETE")
