@@ -1,8 +1,8 @@
 """Patient choice enforced everywhere: an active opposition (or exam opposition) hides the
 exams it covers from everyone outside the producing site (reads, searches, includes, history,
 $priors, the report's bytes), for every role but the patient themself; the emergency permit
-lets ETREAT / BTG requests through; a withdrawal makes everything visible again; and an opposed
-exam is refused at the door (422), whoever writes it.
+lets a break-glass use (ETREAT / BTG with a grant) through; a withdrawal makes everything
+visible again; and an opposed exam is refused at the door (422), whoever writes it.
 
 The scene is the care-relationship one (tests/test_care_relationship.py): Agathe LENOIR is `a1`
 at CH Romorantin (site 423), which registered a study and its report; Tours (site 401) knows
@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import Token
-from tests.identity.support import BLOIS, ROMORANTIN, TOURS, study
+from tests.identity.support import ROMORANTIN, TOURS, study
 from tests.mhd.support import (
     MADO_PATIENT,
     STUDY_101,
@@ -279,28 +279,47 @@ def test_an_accession_of_another_issuer_is_another_exam(client: TestClient, toke
 # -- emergency ------------------------------------------------------------------------------------
 
 
+def break_glass(client: TestClient, headers: dict[str, str], patient_id: str) -> str:
+    """Open a break-glass grant on a patient for the holder of `headers`; the grant's Task id."""
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{patient_id}"}},
+            {"name": "reason", "valueString": "unconscious patient admitted to the emergency room"},
+        ],
+    }
+    r = client.post("/fhir/Patient/$break-glass", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    grant: str = r.json()["parameter"][0]["valueReference"]["reference"]
+    return grant.split("/")[1]
+
+
 @pytest.mark.parametrize("purpose", ["ETREAT", "BTG"])
-def test_the_emergency_permit_lets_emergency_access_through(
+def test_the_emergency_permit_lets_break_glass_through(
     client: TestClient, token: Token, purpose: str
 ) -> None:
     s = _scene(client, token)
     t7 = _link_at_tours(client, token)
     record(client, token, opposition(s["a1"], emergency=True))
     urgent = token("radiologist", org=TOURS, purpose=purpose)
+    # An emergency purpose alone is not a break-glass use: hidden until the grant is opened.
+    assert _status(client, f"ImagingStudy/{s['study']}", urgent) == 404
+    break_glass(client, urgent, t7)
     for ref in _exam_items(s):
         assert _status(client, ref, urgent) == 200, ref
     assert _studies(client, urgent, t7) == {f"ImagingStudy/{s['study']}"}
-    # Not an emergency: hidden; an emergency without a care relationship: hidden too.
+    # The holder without the emergency purpose: hidden; another radiologist: hidden too.
     assert _status(client, f"ImagingStudy/{s['study']}", token("radiologist", org=TOURS)) == 404
-    blois = token("radiologist", org=BLOIS, purpose=purpose)
-    assert _status(client, f"ImagingStudy/{s['study']}", blois) == 404
+    other = token("radiologist", sub="another-radiologist", org=TOURS, purpose=purpose)
+    assert _status(client, f"ImagingStudy/{s['study']}", other) == 404
 
 
-def test_without_the_permit_emergency_access_is_refused(client: TestClient, token: Token) -> None:
+def test_without_the_permit_break_glass_is_refused(client: TestClient, token: Token) -> None:
     s = _scene(client, token)
-    _link_at_tours(client, token)
+    t7 = _link_at_tours(client, token)
     record(client, token, opposition(s["a1"], emergency=False))
     urgent = token("radiologist", org=TOURS, purpose="BTG")
+    break_glass(client, urgent, t7)
     for ref in _exam_items(s):
         assert _status(client, ref, urgent) == 404, ref
 
@@ -313,6 +332,7 @@ def test_a_deny_without_the_permit_wins_over_one_with_it(client: TestClient, tok
     record(client, token, opposition(s["a1"], emergency=True))
     record(client, token, exam_opposition(s["a1"], by_uid("1.2.250.423.1"), emergency=False))
     urgent = token("radiologist", org=TOURS, purpose="ETREAT")
+    break_glass(client, urgent, s["a1"])
     assert _status(client, f"ImagingStudy/{s['study']}", urgent) == 404
     assert _status(client, f"DocumentReference/{s['document']}", urgent) == 404
     assert _status(client, f"Binary/{s['binary']}", urgent) == 404

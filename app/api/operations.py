@@ -1,9 +1,11 @@
 """FHIR operations: on Patient (identity) PIXm ITI-83 `$ihe-pix`, PDQm ITI-119 `$match`,
-identity vigilance's `$link` / `$unlink`; on Endpoint the sites' `$health`. Registered before
-the type routes, whose `/{id}` would otherwise take `$ihe-pix` for an id."""
+identity vigilance's `$link` / `$unlink`, the priors list, `$break-glass`; on Endpoint the
+sites' `$health`; on the system `$access-check`. Registered before the type routes, whose
+`/{id}` would otherwise take `$ihe-pix` for an id."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,8 +17,9 @@ from app.api.fhir import base_url, unit_of_work
 from app.errors import Invalid
 from app.fhir import models
 from app.fhir.bundles import bundle
-from app.services import manifests, priors, rendering, sites
+from app.services import access, breakglass, manifests, priors, rendering, sites
 from app.services.identity import MATCH_GRADE_URL, IdentityOperations
+from app.services.resources import ResourceService
 
 
 async def pix_get(request: Request) -> Response:
@@ -172,6 +175,38 @@ async def study_kos(request: Request, id: str) -> Response:
     )
 
 
+async def break_glass(request: Request) -> Response:
+    """Break-glass: POST [base]/Patient/$break-glass (`patient` or `identifier`, `reason`) with
+    a token whose purpose of use is ETREAT or BTG: a time-boxed, audited grant the DPO reviews."""
+    return await _write_operation(request, breakglass.break_glass)
+
+
+async def access_check(request: Request) -> Response:
+    """POST [base]/$access-check (`item`...; for the DPO and admins, the person to check):
+    the policy seam's decision for each item, audited."""
+    fmt = media.wanted_format(request)
+    body = await media.read_resource(request)
+
+    def run() -> dict[str, Any]:
+        with unit_of_work(request) as svc:
+            return access.access_check(svc, body)
+
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
+
+
+async def _write_operation(
+    request: Request, operation: Callable[[ResourceService, Any], dict[str, Any]]
+) -> Response:
+    fmt = media.wanted_format(request)
+    body = await media.read_resource(request)
+
+    def run() -> dict[str, Any]:
+        with unit_of_work(request, write=True) as svc:
+            return operation(svc, body)
+
+    return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
+
+
 # (method, path, handler, summary)
 OPERATIONS = (
     ("GET", "/Patient/$priors", priors_by_identifier, "The priors list, by identifier"),
@@ -183,6 +218,8 @@ OPERATIONS = (
     ("POST", "/Patient/$match", match, "PDQm ITI-119 Patient Demographics Match"),
     ("POST", "/Patient/{id}/$link", link, "Identity vigilance: link two records (one person)"),
     ("POST", "/Patient/{id}/$unlink", unlink, "Identity vigilance: unlink (two people)"),
+    ("POST", "/Patient/$break-glass", break_glass, "Break-glass: emergency access, audited"),
+    ("POST", "/$access-check", access_check, "The policy's decision on items, audited"),
 )
 
 

@@ -1,8 +1,9 @@
 """Builds IHE BALP AuditEvents (Basic Audit Log Patterns) for RESTful interactions.
 
 Patterns: Create/Read/Update/Delete/Query, each "with Patient" when a patient is involved,
-authentication failure and authorisation refusal. The X-Request-Id correlates a request's
-events (BALP XrequestId entity).
+authentication failure and authorisation refusal, and the authorization decisions of the
+policy seam (AuthZconsent: what a patient's choice hid or refused, and break-glass uses). The
+X-Request-Id correlates a request's events (BALP XrequestId entity).
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ ACTIONS = {
 }
 # FHIR AuditEvent.outcome: 0 success, 4 minor failure (client), 8 serious (server), 12 major.
 SUCCESS, MINOR, SERIOUS = "0", "4", "8"
+AUTHZ_SUBTYPE = "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType"
+AUTHZ_CONSENT = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.AuthZconsent"
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """One decision of the policy seam worth its own audit record: an item a patient's choice
+    hid or refused (`permit=False`), or an item a break-glass grant let through (`permit=True`).
+    `consents` names the Consents that decided (none: a decision by role and grant only)."""
+
+    patient: str
+    item: str
+    permit: bool
+    reason: str
+    consents: tuple[str, ...] = ()
 
 
 @dataclass
@@ -197,4 +213,133 @@ def audit_event(
         event["outcomeDesc"] = outcome_text
     if entities:
         event["entity"] = entities
+    return event
+
+
+def authorization_event(
+    patient: str,
+    consents: tuple[str, ...],
+    permit: bool,
+    text: str,
+    *,
+    principal: Principal | None,
+    request_id: str | None,
+) -> dict[str, Any]:
+    """BALP AuthZconsent: a Security Alert (DCM 110113) recording the authorization decision
+    on one patient's data (subtype AuthZ-Consent when Consents decided, AuthZ-Role otherwise);
+    success for a permit, failure for a deny, with the reason and the items in `outcomeDesc`
+    (the profile's entities are closed to patient, consent and token)."""
+    agents: list[dict[str, Any]] = []
+    if principal is not None:
+        user = _user_agent(principal, None)
+        user["type"] = {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                    "code": "IRCP",
+                    "display": "information recipient",
+                }
+            ]
+        }
+        user.pop("altId", None)  # discouraged by the profile; the RPPS is in `who` below
+        if principal.national_provider_identifier:
+            user["who"]["display"] = (
+                f"{principal.name} (RPPS {principal.national_provider_identifier})"
+            )
+        agents.append(user)
+        if principal.organization_id:
+            org = _organization_agent(principal)
+            org["type"] = {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                        "code": "PROV",
+                        "display": "healthcare provider",
+                    }
+                ]
+            }
+            agents.append(org)
+    agents.append(
+        {
+            "type": {
+                "coding": [
+                    {
+                        "system": SECURITY_ROLE,
+                        "code": "authserver",
+                        "display": "authorization server",
+                    }
+                ]
+            },
+            "who": {"display": "RIX policy seam"},
+            "requestor": False,
+        }
+    )
+    entities: list[dict[str, Any]] = [
+        {
+            "what": {"reference": f"Patient/{patient}"},
+            "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+            "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
+        }
+    ]
+    entities += [
+        {
+            "what": {"reference": f"Consent/{cid}"},
+            "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
+        }
+        for cid in consents
+    ]
+    if principal is not None and principal.token_id:
+        entities.append(
+            {
+                "what": {
+                    "identifier": {"value": f"urn:ietf:params:oauth:jti:{principal.token_id}"}
+                },
+                "type": {
+                    "system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/UserAgentTypes",
+                    "code": "UserOauthAgent",
+                },
+            }
+        )
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "meta": {"profile": [AUTHZ_CONSENT]},
+        "type": {"system": DCM, "code": "110113", "display": "Security Alert"},
+        "subtype": [
+            {
+                "system": AUTHZ_SUBTYPE,
+                "code": "AuthZ-Consent" if consents else "AuthZ-Role",
+                "display": "Authorization Decision using Roles and Consent"
+                if consents
+                else "Authorization Decision using only Roles",
+            }
+        ],
+        "action": "E",
+        "recorded": format_instant(now_utc()),
+        "outcome": SUCCESS if permit else MINOR,
+        "outcomeDesc": text,
+        "agent": agents,
+        "source": {
+            "site": SOURCE_SITE,
+            "observer": {"display": "RIX"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "6",
+                    "display": "Security Server",
+                }
+            ],
+        },
+        "entity": entities,
+    }
+    if principal is not None:
+        event["purposeOfEvent"] = [
+            {"coding": [{"system": ACT_REASON, "code": principal.purpose_of_use}]}
+        ]
+    if request_id:
+        event["entity"].append(
+            {
+                "what": {"identifier": {"value": request_id}},
+                "type": {"system": BALP_ENTITY, "code": "XrequestId"},
+            }
+        )
     return event

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.audit.balp import MINOR, SERIOUS, Touch, audit_event
+from app.audit.balp import MINOR, SERIOUS, Authorization, Touch, audit_event, authorization_event
 from app.errors import FhirError
 from app.policy.principal import Principal
 
@@ -23,6 +23,8 @@ class AuditRecorder:
     request_id: str | None
     enabled: bool = True
     touches: list[Touch] = field(default_factory=list)
+    # The policy seam's decisions worth a record of their own (BALP AuthZconsent), in order.
+    authorizations: dict[Authorization, None] = field(default_factory=dict)
 
     def touch(
         self,
@@ -37,6 +39,28 @@ class AuditRecorder:
         touch = Touch(interaction, type_name, list(items or []), set(patients or set()), query)
         self.touches.append(touch)
         return touch
+
+    def authorize(self, decision: Authorization) -> None:
+        """Note a decision of the policy seam (the same one twice is recorded once)."""
+        self.authorizations[decision] = None
+
+    def _authorization_events(self) -> list[dict[str, Any]]:
+        """One AuthZconsent event per patient, outcome, reason and deciding Consents, naming
+        every item the decision applied to in this request."""
+        grouped: dict[tuple[str, tuple[str, ...], bool, str], list[str]] = {}
+        for a in self.authorizations:
+            grouped.setdefault((a.patient, a.consents, a.permit, a.reason), []).append(a.item)
+        return [
+            authorization_event(
+                patient,
+                consents,
+                permit,
+                f"{reason}: {', '.join(items)}",
+                principal=self.principal,
+                request_id=self.request_id,
+            )
+            for (patient, consents, permit, reason), items in grouped.items()
+        ]
 
     def _audited(self, touch: Touch) -> bool:
         if touch.type == "AuditEvent" and touch.interaction == "create":
@@ -69,7 +93,7 @@ class AuditRecorder:
         return [
             audit_event(t, principal=self.principal, request_id=self.request_id)
             for t in self._grouped()
-        ]
+        ] + self._authorization_events()
 
     def failure_events(self, error: FhirError | None) -> list[dict[str, Any]]:
         """The events of a request that failed: every refusal and error is traced, with the
@@ -89,4 +113,4 @@ class AuditRecorder:
                 outcome_text=f"{status}: {text}",
             )
             for t in touches
-        ]
+        ] + self._authorization_events()

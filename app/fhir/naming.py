@@ -25,6 +25,8 @@ INS_SYSTEMS = frozenset({INS_NIR, INS_TEST, INS_DEMO})
 IDENTITY_RELIABILITY_URL = (
     "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability"
 )
+# A health professional's national number: FR Core's IDNPS (`8` + the 11-digit RPPS number).
+RPPS_SYSTEMS = frozenset({"urn:oid:1.2.250.1.71.4.2.1"})
 IDENTITY_TASK_SYSTEM = f"{RIX_CANONICAL}/CodeSystem/identity-task"
 IDENTITY_FLAG_SYSTEM = f"{RIX_CANONICAL}/CodeSystem/identity-flag"
 
@@ -33,3 +35,10 @@ def ipp_system(site_id: str) -> str:
     """The default namespace of a site's local patient identifiers (IPP), used when the site
     registry does not declare one."""
     return f"{IPP_PREFIX}{site_id}"
+
+
+def rpps(value: str) -> str:
+    """A professional's RPPS number as compared: the IDNPS form (`8` + the 11-digit RPPS) and
+    the bare RPPS are the same professional."""
+    value = value.strip()
+    return value[1:] if len(value) == 12 and value.startswith("8") else value

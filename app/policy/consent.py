@@ -11,7 +11,9 @@ reads: pure functions over resources, no storage.
   the DocumentReferences that point at it (`context.related`, by reference or by the same UID or
   accession number), and nothing else. A Binary is decided through its `securityContext` by the
   policy seam, not here.
-- `lets_through(decision, purpose)`: the emergency permit (ETREAT or BTG) of a deny.
+- `lets_through(decision)`: whether a deny carries the emergency permit, which a break-glass
+  use (purpose of use ETREAT or BTG with an open grant, `app.policy.seam`) may pass.
+- `shares(decision)`: an active community-sharing permit (explicit opt-in communities).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ ACCESSION_CODE = "ACSN"
 EMERGENCY_PURPOSES = frozenset({"ETREAT", "BTG"})
 # The kinds enforced as a deny (a Consent without a RIX kind is not a RIX decision: not enforced).
 DENY_KINDS = frozenset({"opposition", "exam-opposition"})
+# The explicit consent an opt-in community needs before an exam leaves its producing site.
+COMMUNITY_SHARING = "community-sharing"
+# The kinds enforcement reads for access decisions (external diffusion is the share codes').
+ENFORCED_KINDS = DENY_KINDS | {COMMUNITY_SHARING}
 # What an opposition hides: the person's exams, their reports and manifests, the MHD
 # SubmissionSets / Folders that list them, and the orders.
 COVERED_TYPES = frozenset({"ImagingStudy", "DocumentReference", "List", "ServiceRequest"})
@@ -114,9 +120,15 @@ def _is_emergency_permit(provision: dict[str, Any]) -> bool:
     return provision.get("type") == "permit" and bool(purposes & EMERGENCY_PURPOSES)
 
 
-def lets_through(decision: Decision, purpose_of_use: str) -> bool:
-    """True when this deny's emergency permit applies to a request of this purpose of use."""
-    return decision.emergency and purpose_of_use in EMERGENCY_PURPOSES
+def lets_through(decision: Decision) -> bool:
+    """True when this deny carries the emergency permit (ETREAT + BTG): a break-glass use may
+    pass it; a deny without it refuses emergency access too."""
+    return decision.emergency
+
+
+def shares(decision: Decision) -> bool:
+    """True for an active community-sharing permit (the patient's explicit opt-in)."""
+    return decision.active and not decision.deny and decision.kind == COMMUNITY_SHARING
 
 
 def covers(

@@ -13,7 +13,8 @@ READ = "rs"
 CLINICAL_DATA = ("ServiceRequest", "ImagingStudy", "DocumentReference", "List", "Binary")
 
 MATRIX: dict[str, dict[str, str]] = {
-    "admin": {"*": ALL, "AuditEvent": READ},
+    # Consents are withdrawn (status inactive), never deleted: nobody has `d` on them.
+    "admin": {"*": ALL, "AuditEvent": READ, "Consent": "crus"},
     # Identity vigilance: reviews suspected duplicates (Task), links and unlinks records.
     "identity-officer": {
         "Organization": READ,
@@ -60,7 +61,9 @@ MATRIX: dict[str, dict[str, str]] = {
     },
     "dpo": {
         "*": READ,
-        "Task": "rus",
+        # Reviews Tasks (suspected duplicates, break-glass) and files and decides patients'
+        # deletion requests (`app.services.deletion`).
+        "Task": "crus",
     },
     "patient": {
         "Patient": READ,

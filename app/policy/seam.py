@@ -7,22 +7,33 @@
   choice at the door
 
 The care relationship (`can_see` for `radiologist`, `clinician`, `gp`): an item about patients
-(its `patient` search parameter; a Patient is about itself) leaves only when one of those
-patients' persons has a record at the caller's organisation (its namespaces, directly or through
-an identity link); clinical data (ServiceRequest, ImagingStudy, DocumentReference, List) naming
-no patient stays hidden; a Binary is seen with the rights of the resource its `securityContext`
-names (FHIR binary.html: a document's bytes are the DocumentReference's), and without one not at
-all; directory data (Organization, Endpoint, Practitioner...) is visible.
+(its `patient` search parameter; a Patient is about itself) leaves only when
+- one of those patients' persons has a record at the caller's organisation (its namespaces,
+  directly or through an identity link); or
+- the caller prescribed it: the RPPS number of the token is that of the exam's referrer or of
+  the requester of the order it is based on (an ImagingStudy, its ServiceRequest, the reports
+  pointing at the study), for those exams only; or
+- the caller broke the glass: purpose of use ETREAT or BTG and an open `$break-glass` grant on
+  the patient (`app.services.breakglass`), each use audited with the grant's reason.
+Clinical data (ServiceRequest, ImagingStudy, DocumentReference, List), Consents and
+Provenance naming no patient stay hidden; a Binary is seen with the rights of the resource its
+`securityContext` names (FHIR binary.html: a document's bytes are the DocumentReference's), and
+without one not at all; directory data (Organization, Endpoint, Practitioner...) is visible.
 
 Patient choice (`app.policy.consent`, the RIX Consent model of profiles/README.md), for every
-role but `patient`: an item an active deny of its person covers (an opposition: every
-ImagingStudy, DocumentReference, List, ServiceRequest; an exam opposition: the exams it names
-and the documents pointing at them; a Binary through its `securityContext`) is hidden from
-everyone outside the producing site, the site whose namespaces hold the item's Patient record
-(its staff and systems still see it); unless the request's purpose of use is ETREAT or BTG and
-every covering deny carries the emergency permit. `check_write` refuses (422) incoming content
-such a deny covers (ImagingStudy, DocumentReference, List), for every writer: the exam stays at
-the site. Break-glass grants come in a later issue.
+role but `patient`, outside the producing site (the site whose namespaces hold the item's
+Patient record: its staff and systems always see it):
+- an item an active deny of its person covers (an opposition: every ImagingStudy,
+  DocumentReference, List, ServiceRequest; an exam opposition: the exams it names and the
+  documents pointing at them; a Binary through its `securityContext`) is hidden, unless the
+  caller uses a break-glass grant on the patient and every covering deny carries the emergency
+  permit (deny beats permit; an opposition without it refuses emergency access too);
+- in an explicit opt-in community (`RIX_COMMUNITY_POLICY=opt-in`), an exam of a patient without
+  an active community-sharing Consent ("not yet informed") is hidden too, unless the caller uses
+  a break-glass grant.
+Each such hide, and each break-glass use, is noted for the audit (BALP AuthZconsent).
+`check_write` refuses (422) incoming content a deny covers (ImagingStudy, DocumentReference,
+List), for every writer: the exam stays at the site.
 
 Audit (`complete`) is the AuditRecorder's job, fed by the same service calls. Hidden and missing
 are indistinguishable: callers turn a `can_see` refusal into 404, never 403.
@@ -31,15 +42,17 @@ are indistinguishable: callers turn a `can_see` refusal into 404, never 403.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
+from app.audit.balp import Authorization
 from app.errors import Forbidden, Unprocessable
 from app.fhir.fhirpath import reference_type
-from app.fhir.naming import IPP_PREFIX
+from app.fhir.naming import IPP_PREFIX, rpps
 from app.fhir.registry import Registry
 from app.fhir.search import SearchParser, SearchQuery
 from app.policy import consent
+from app.policy.breakglass import GRANT_TERMS, Grant, is_break_glass
 from app.policy.consent import Decision
 from app.policy.principal import Principal
 from app.policy.rules import CLINICAL_DATA, role_allows
@@ -49,10 +62,13 @@ from app.policy.scopes import LETTER, scope_allows
 PatientLookup = Callable[[str], dict[str, Any] | None]
 
 # Roles that see patients only where a care relationship exists (the patient is known at the
-# caller's organisation; break-glass and the prescriber's access are not built yet).
+# caller's organisation, the caller prescribed the exam, or broke the glass).
 CLINICAL_ROLES = frozenset({"radiologist", "clinician", "gp"})
-# Types whose items a clinical role never sees without a patient to establish the relationship.
-CARE_DATA = frozenset(CLINICAL_DATA) - {"Binary"}
+# What a prescriber sees of the exams he ordered (the study, its order, its reports).
+PRESCRIBED = frozenset({"ImagingStudy", "ServiceRequest", "DocumentReference"})
+# Types whose items a clinical role never sees without a patient to establish the relationship
+# (a Provenance about a study, a Consent naming nobody, would otherwise tell who did what).
+CARE_DATA = (frozenset(CLINICAL_DATA) - {"Binary"}) | {"Consent", "Provenance"}
 # How many `securityContext` hops a decision follows (a Binary's context is its DocumentReference:
 # one hop); a longer chain, or a loop, ends hidden.
 CONTEXT_DEPTH = 3
@@ -64,6 +80,10 @@ OPERATIONS: dict[str, frozenset[str]] = {
     "ihe-pix": IDENTITY_OPERATORS | {"site-system"} | CLINICAL_ROLES,
     "match": IDENTITY_OPERATORS | {"site-system"} | CLINICAL_ROLES,
     "health": frozenset({"admin"}),
+    "break-glass": frozenset({"radiologist", "clinician"}),
+    "access-check": frozenset(
+        {"admin", "dpo", "site-system", "radiologist", "clinician", "gp", "registry"}
+    ),
 }
 
 
@@ -98,6 +118,29 @@ class Facts(Protocol):
         """The active decisions of this record's person (any of its records' Consents)."""
         ...
 
+    def grants(self, subject: str) -> dict[str, Grant]:
+        """The caller's open break-glass grants, by Patient record."""
+        ...
+
+    def prescribers(self, type_name: str, resource: dict[str, Any]) -> set[str]:
+        """The RPPS numbers of who ordered this exam."""
+        ...
+
+    def record(self, decision: Authorization) -> None:
+        """Note a decision for the audit (BALP AuthZconsent)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The deployment's policy settings: RIX_COMMUNITY_POLICY (`opt_in`),
+    RIX_CONSENT_ENFORCEMENT (`enforce`), RIX_BREAK_GLASS_HOURS, RIX_DELETION_APPROVAL."""
+
+    opt_in: bool = False
+    enforce: bool = True
+    break_glass_hours: float = 4.0
+    deletion_approval: Literal["auto", "admin"] = "admin"
+
 
 @dataclass
 class Policy:
@@ -105,6 +148,7 @@ class Policy:
 
     registry: Registry
     parser: SearchParser
+    rules: Rules = field(default_factory=Rules)
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -138,7 +182,9 @@ class Policy:
         once some Consent is active; a patient's searches are narrowed exactly."""
         if principal.role in CLINICAL_ROLES:
             return True
-        return principal.role != "patient" and facts.consents_exist()
+        if principal.role == "patient" or not self.rules.enforce:
+            return False
+        return self.rules.opt_in or facts.consents_exist()
 
     def start_operation(self, principal: Principal, name: str) -> None:
         """Refuse (403) an operation (`$link`, `$ihe-pix`...) the caller's role does not have."""
@@ -193,23 +239,55 @@ class Policy:
         resource: Callable[[], dict[str, Any]],
         facts: Facts,
     ) -> bool:
-        """The patient's choices (see the module docstring): False when an active deny of the
-        item's person covers it, the caller is not of the producing site, and the deny's
-        emergency permit does not apply to the request's purpose of use."""
-        if type_name not in consent.COVERED_TYPES or not facts.consents_exist():
+        """The patient's choices (see the module docstring): False when the item may not leave
+        for this caller outside its producing site."""
+        if not self.rules.enforce or type_name not in consent.COVERED_TYPES:
+            return True
+        if not self.rules.opt_in and not facts.consents_exist():
             return True
         content = resource()
+        item = f"{type_name}/{resource_id}"
         for pid in sorted(self.patients_of(type_name, resource_id, content)):
+            if self._producing_site(principal, pid, facts):
+                continue
+            decisions = facts.consents_of(pid)
             covering = [
                 d
-                for d in facts.consents_of(pid)
+                for d in decisions
                 if consent.covers(d, type_name, resource_id, content, facts.lookup)
             ]
-            if not covering or self._producing_site(principal, pid, facts):
-                continue
-            if not all(consent.lets_through(d, principal.purpose_of_use) for d in covering):
-                return False
+            ids = tuple(sorted(d.consent_id for d in covering))
+            used = self._grant(principal, {pid}, facts)
+            grant = used[1] if used is not None else None
+            if covering:
+                if grant is None:
+                    facts.record(
+                        Authorization(pid, item, False, "the patient opposed sharing", ids)
+                    )
+                    return False
+                if not all(consent.lets_through(d) for d in covering):
+                    reason = "the patient's opposition refuses emergency access too"
+                    facts.record(Authorization(pid, item, False, reason, ids))
+                    return False
+                facts.record(Authorization(pid, item, True, _glass(grant, "emergency permit"), ids))
+            elif self.rules.opt_in and not any(consent.shares(d) for d in decisions):
+                if grant is None:
+                    reason = "no community-sharing consent (opt-in community)"
+                    facts.record(Authorization(pid, item, False, reason))
+                    return False
+                facts.record(Authorization(pid, item, True, _glass(grant, "not yet informed")))
         return True
+
+    @staticmethod
+    def _grant(principal: Principal, patients: set[str], facts: Facts) -> tuple[str, Grant] | None:
+        """One of these patients and the caller's open break-glass grant on them, when the
+        request is a break-glass use (a clinical role, purpose of use ETREAT or BTG)."""
+        if principal.role not in CLINICAL_ROLES:
+            return None
+        if principal.purpose_of_use not in consent.EMERGENCY_PURPOSES:
+            return None
+        grants = facts.grants(principal.subject)
+        return next(((p, grants[p]) for p in sorted(patients) if p in grants), None)
 
     def _binary_consented(
         self, principal: Principal, binary: dict[str, Any], facts: Facts, depth: int
@@ -217,7 +295,9 @@ class Policy:
         """For a role outside the care relationship, a Binary is held to its `securityContext`'s
         consent decision (one without a context, or with an unknown one, has none to follow)."""
         context = self._context(binary, facts)
-        if context is None or not facts.consents_exist():
+        if context is None or not self.rules.enforce:
+            return True
+        if not self.rules.opt_in and not facts.consents_exist():
             return True
         type_name, resource_id, content = context
         if depth >= CONTEXT_DEPTH:
@@ -259,10 +339,24 @@ class Policy:
             patients = self.patients_of(type_name, resource_id, resource())
         if not patients:
             return type_name not in CARE_DATA
-        if not principal.organization_id:
+        if principal.organization_id:
+            own = facts.site_namespaces(principal.organization_id)
+            if any(facts.known_in(pid, own) for pid in sorted(patients)):
+                return True
+        npi = principal.national_provider_identifier
+        if (
+            type_name in PRESCRIBED
+            and npi
+            and rpps(npi) in facts.prescribers(type_name, resource())
+        ):
+            return True
+        used = self._grant(principal, patients, facts)
+        if used is None:
             return False
-        own = facts.site_namespaces(principal.organization_id)
-        return any(facts.known_in(pid, own) for pid in sorted(patients))
+        pid, grant = used
+        item = f"{type_name}/{resource_id}"
+        facts.record(Authorization(pid, item, True, _glass(grant, "care relationship")))
+        return True
 
     def _through_context(
         self, principal: Principal, binary: dict[str, Any], facts: Facts, depth: int
@@ -273,6 +367,8 @@ class Policy:
         if context is None or depth >= CONTEXT_DEPTH:
             return False
         type_name, resource_id, content = context
+        if not self.may_read(principal, type_name):
+            return False  # bytes in the context of a Task, say, are not a clinician's
         return self.can_see(
             principal, type_name, resource_id, lambda: content, facts, depth=depth + 1
         )
@@ -321,6 +417,8 @@ class Policy:
         its patient opposes."""
         if incoming:
             self._check_consent(type_name, resource_id, resource, facts)
+            if type_name == "Task" and is_break_glass(resource):
+                self._check_grant_review(principal, resource_id, resource, facts)
         if principal.role != "site-system":
             return
         if not principal.organization_id:
@@ -345,6 +443,24 @@ class Policy:
                     "patients"
                 )
 
+    @staticmethod
+    def _check_grant_review(
+        principal: Principal, resource_id: str | None, task: dict[str, Any], facts: Facts
+    ) -> None:
+        """Break-glass Tasks are opened by `$break-glass` only; the DPO (or an admin) reviews
+        and closes existing ones, changing their status and notes, never the grant's terms."""
+        if principal.role not in ("dpo", "admin"):
+            raise Forbidden("break-glass reviews are closed by the DPO")
+        current = facts.lookup("Task", resource_id) if resource_id else None
+        if current is None:
+            raise Forbidden("break-glass grants are opened with $break-glass, not written")
+        changed = sorted(k for k in GRANT_TERMS if task.get(k) != current.get(k))
+        if changed:
+            raise Unprocessable(
+                f"a break-glass grant's terms cannot be changed ({', '.join(changed)}); "
+                "review it with status, statusReason, businessStatus or note"
+            )
+
     def _check_consent(
         self, type_name: str, resource_id: str | None, resource: dict[str, Any], facts: Facts
     ) -> None:
@@ -352,6 +468,8 @@ class Policy:
         every exam; an exam opposition: the exams it names); content that takes data out of
         sharing (entered-in-error, superseded...) is always accepted."""
         if type_name not in consent.REFUSED_TYPES or resource.get("status") in consent.WITHDRAWING:
+            return
+        if not self.rules.enforce:
             return
         if not facts.consents_exist():
             return
@@ -363,6 +481,9 @@ class Policy:
                         if decision.kind == "opposition"
                         else "the sharing of this exam"
                     )
+                    item = f"{type_name}/{resource_id or '(new)'}"
+                    reason = f"refused at the door: the patient opposed {which}"
+                    facts.record(Authorization(pid, item, False, reason, (decision.consent_id,)))
                     raise Unprocessable(
                         f"patient opposed to {which}; keep the exam locally "
                         f"(Consent/{decision.consent_id})"
@@ -398,3 +519,8 @@ def _check_patient_namespaces(resource: dict[str, Any], own: set[str], sites: se
             "A Patient written by a site must carry an identifier in its namespace "
             f"({', '.join(sorted(own))})"
         )
+
+
+def _glass(grant: Grant, overrides: str) -> str:
+    """How a break-glass use is described in its audit record (the reason included)."""
+    return f"break-glass ({overrides}; Task/{grant.task_id}): {grant.reason}"

@@ -1,31 +1,61 @@
-"""The data the policy seam's decisions need (site namespaces, who is known where), looked up
-once per request."""
+"""The data the policy seam's decisions need (site namespaces, who is known where, patients'
+choices, break-glass grants, who prescribed an exam), looked up once per request and forgotten
+when the request itself writes what they were read from."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import false, select
 
-from app.fhir.naming import NAMESPACE_SYSTEM, SITE_ID_SYSTEM, ipp_system
+from app.audit.balp import SUBJECT_SYSTEM, Authorization
+from app.fhir.naming import NAMESPACE_SYSTEM, RPPS_SYSTEMS, SITE_ID_SYSTEM, ipp_system, rpps
+from app.fhir.values import now_utc
 from app.identity.vigilance import Vigilance
-from app.policy.consent import DENY_KINDS, KIND_SYSTEM, Decision, decision
-from app.storage.repository import Repository
+from app.policy.breakglass import Grant, read_grant
+from app.policy.consent import DENY_KINDS, ENFORCED_KINDS, KIND_SYSTEM, Decision, decision
+from app.policy.seam import local_reference
+from app.storage.repository import Repository, Stored
 from app.storage.tables import INDEX_TABLES, RESOURCE
 
 
 class RequestFacts:
     """The policy's `Facts`, over this request's repository."""
 
-    def __init__(self, repo: Repository, identity: Vigilance) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        identity: Vigilance,
+        authorize: Callable[[Authorization], None] = lambda _: None,
+    ) -> None:
         self.repo = repo
         self.identity = identity
+        self.record = authorize
         self._sites: dict[str, set[str]] = {}
         self._registered: set[str] | None = None
         self._known: dict[tuple[str, frozenset[str]], bool] = {}
         self._resources: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._any_consent: bool | None = None
         self._consents: dict[frozenset[str], list[Decision]] = {}
+        self._grants: dict[str, dict[str, Grant]] = {}
+
+    def on_write(self, stored: Stored) -> None:
+        """Forget what this write may change, so that a later entry of the same transaction
+        (a study after its patient's opposition, a Binary after its DocumentReference) is
+        decided on what the transaction wrote."""
+        self._resources.pop((stored.type, stored.id), None)
+        if stored.type == "Consent":
+            self._any_consent = None
+            self._consents.clear()
+        elif stored.type == "Organization":
+            self._sites.clear()
+            self._registered = None
+        elif stored.type == "Task":
+            self._grants.clear()
+        elif stored.type == "Patient":
+            self._known.clear()
+            self._consents.clear()
 
     def site_namespaces(self, site_id: str) -> set[str]:
         """The site's declared namespaces (site registry), and always its default one."""
@@ -105,9 +135,8 @@ class RequestFacts:
 
     def consents_of(self, patient_id: str) -> list[Decision]:
         """The active decisions of this record's person (Consents whose `patient` is any of the
-        person's records), in one statement per person and request."""
-        if not self.consents_exist():
-            return []
+        person's records) that access decisions read (denies and community-sharing permits), in
+        one statement per person and request."""
         records = frozenset(self.records_of_person(patient_id))
         if records not in self._consents:
             self.repo.flush()
@@ -125,5 +154,100 @@ class RequestFacts:
             ).all()
             unique = {row.pk: self.repo.row_stored(row) for row in rows}.values()
             found = [decision(s.resource) for s in unique if s.content is not None]
-            self._consents[records] = [d for d in found if d.active and d.kind in DENY_KINDS]
+            self._consents[records] = [d for d in found if d.active and d.kind in ENFORCED_KINDS]
         return self._consents[records]
+
+    def grants(self, subject: str) -> dict[str, Grant]:
+        """The open break-glass grants of this caller, by Patient record: a grant opens every
+        record of its patient's person."""
+        if subject not in self._grants:
+            self.repo.flush()
+            reference = INDEX_TABLES["reference"]
+            rows = self.repo.session.execute(
+                select(RESOURCE)
+                .join(reference, reference.c.resource_pk == RESOURCE.c.pk)
+                .where(
+                    reference.c.resource_type == "Task",
+                    reference.c.param == "requester",
+                    reference.c.identifier_system == SUBJECT_SYSTEM,
+                    reference.c.identifier_value == subject,
+                    RESOURCE.c.deleted == false(),
+                )
+            ).all()
+            now = now_utc()
+            out: dict[str, Grant] = {}
+            for row in {row.pk: row for row in rows}.values():
+                current = self.repo.row_stored(row)
+                first = self.repo.version("Task", current.id, 1)
+                if first is None or first.content is None or current.content is None:
+                    continue
+                grant = read_grant(first.resource, current.resource, subject, now)
+                if grant is None:
+                    continue
+                for record in self.records_of_person(grant.patient_id):
+                    if record not in out or out[record].end < grant.end:
+                        out[record] = grant
+            self._grants[subject] = out
+        return self._grants[subject]
+
+    def prescribers(self, type_name: str, resource: dict[str, Any]) -> set[str]:
+        """The RPPS numbers of who ordered this exam: an ImagingStudy's `referrer` and the
+        `requester` of the ServiceRequests it is `basedOn`; a ServiceRequest's `requester`; a
+        DocumentReference's through the studies of its `context.related` about the same
+        patient (its report)."""
+        if type_name == "ServiceRequest":
+            return self._rpps_of(resource.get("requester"))
+        if type_name == "DocumentReference":
+            # The report of a prescribed study, about the same patient (a document about
+            # someone else that points at the study is not the prescriber's).
+            subject = (resource.get("subject") or {}).get("reference")
+            out: set[str] = set()
+            for related in _dicts((resource.get("context") or {}).get("related")):
+                target = local_reference(related.get("reference"))
+                if target is not None and target[0] == "ImagingStudy":
+                    study = self.lookup(*target)
+                    if (
+                        study is not None
+                        and (study.get("subject") or {}).get("reference") == subject
+                    ):
+                        out |= self.prescribers("ImagingStudy", study)
+            return out
+        if type_name != "ImagingStudy":
+            return set()
+        found = self._rpps_of(resource.get("referrer"))
+        for based_on in _dicts(resource.get("basedOn")):
+            target = local_reference(based_on.get("reference"))
+            if target is not None and target[0] == "ServiceRequest":
+                order = self.lookup(*target)
+                if order is not None:
+                    found |= self._rpps_of(order.get("requester"))
+        return found
+
+    def _rpps_of(self, reference: Any, hops: int = 0) -> set[str]:
+        """RPPS numbers a reference names: a logical reference by RPPS/IDNPS identifier, a
+        Practitioner's identifiers, a PractitionerRole's practitioner."""
+        if not isinstance(reference, dict) or hops > 1:
+            return set()
+        ident = reference.get("identifier")
+        if isinstance(ident, dict) and ident.get("system") in RPPS_SYSTEMS:
+            value = ident.get("value")
+            return {rpps(value)} if isinstance(value, str) and value.strip() else set()
+        target = local_reference(reference.get("reference"))
+        if target is None:
+            return set()
+        content = (
+            self.lookup(*target) if target[0] in ("Practitioner", "PractitionerRole") else None
+        )
+        if content is None:
+            return set()
+        if target[0] == "PractitionerRole":
+            return self._rpps_of(content.get("practitioner"), hops + 1)
+        return {
+            rpps(i["value"])
+            for i in _dicts(content.get("identifier"))
+            if i.get("system") in RPPS_SYSTEMS and isinstance(i.get("value"), str)
+        }
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []

@@ -8,6 +8,7 @@ from typing import Any
 from app.errors import Forbidden, Invalid, Issue, NotFound
 from app.fhir import models
 from app.fhir.naming import INS_SYSTEMS
+from app.fhir.parameters import parameters_of
 from app.identity.traits import compare, traits_of
 from app.services.resources import ResourceService
 from app.storage.repository import Stored
@@ -193,20 +194,10 @@ class IdentityOperations:
         }
 
 
-def _params(parameters: Any, operation: str) -> list[dict[str, Any]]:
-    if not isinstance(parameters, dict) or parameters.get("resourceType") != "Parameters":
-        raise Invalid(f"${operation} takes a Parameters resource")
-    models.validate(parameters, "Parameters")  # value types checked: 400, never a crash
-    params = parameters.get("parameter", [])
-    if not isinstance(params, list) or not all(isinstance(p, dict) for p in params):
-        raise Invalid("Parameters.parameter must be a list of parameters")
-    return params
-
-
 def _match_input(parameters: Any) -> tuple[dict[str, Any], bool, int]:
     resource: dict[str, Any] | None = None
     only_certain, count = False, _DEFAULT_MATCH_COUNT
-    for p in _params(parameters, "match"):
+    for p in parameters_of(parameters, "match"):
         name = p.get("name")
         if name == "resource":
             resource = p.get("resource")
@@ -228,7 +219,7 @@ def _match_input(parameters: Any) -> tuple[dict[str, Any], bool, int]:
 
 def _link_input(parameters: Any, operation: str) -> tuple[str, str]:
     other, reason = None, ""
-    for p in _params(parameters, operation):
+    for p in parameters_of(parameters, operation):
         if p.get("name") == "other":
             ref = (p.get("valueReference") or {}).get("reference", "")
             if not isinstance(ref, str) or not ref.startswith("Patient/") or ref.count("/") != 1:

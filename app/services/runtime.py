@@ -20,7 +20,7 @@ from app.errors import FhirError
 from app.fhir.registry import Registry, build_registry
 from app.fhir.search import SearchParser
 from app.policy.principal import SYSTEM, Principal
-from app.policy.seam import Policy
+from app.policy.seam import Policy, Rules
 from app.services.resources import Access, ResourceService
 from app.storage.db import make_engine, session_factory, transaction
 from app.storage.repository import Repository
@@ -52,6 +52,14 @@ class Runtime:
         )
         if settings.env == "production" and not settings.audit:
             raise RuntimeError("RIX_AUDIT=false is refused in production")
+        if settings.env == "production" and not settings.consent_enforcement:
+            raise RuntimeError("RIX_CONSENT_ENFORCEMENT=false is refused in production")
+        rules = Rules(
+            opt_in=settings.community_policy == "opt-in",
+            enforce=settings.consent_enforcement,
+            break_glass_hours=settings.break_glass_hours,
+            deletion_approval=settings.deletion_approval,
+        )
         return cls(
             settings,
             engine,
@@ -60,7 +68,7 @@ class Runtime:
             parser,
             TokenVerifier(settings, trusted_keys(settings)),
             AuditTrail(load_key(settings)),
-            Policy(registry, parser),
+            Policy(registry, parser, rules),
         )
 
     @contextmanager
