@@ -61,12 +61,19 @@ def history(
                 "lastModified": s.resource["meta"]["lastUpdated"],
             }
         entries.append(entry)
+    if result.next_offset is not None:
+        has_next = True
+    elif result.total is not None:
+        has_next = result.offset + len(result.entries) < result.total
+    else:
+        has_next = len(result.entries) == result.count and result.count > 0
     links = paging_links(
         url,
         pairs,
         offset=result.offset,
         count=result.count,
         snapshot=result.snapshot,
-        has_next=result.offset + len(result.entries) < result.total,
+        has_next=has_next,
+        next_offset=result.next_offset,
     )
     return bundle("history", entries, total=result.total, links=links)
