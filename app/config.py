@@ -52,6 +52,27 @@ class Settings(BaseSettings):
     audit_key: str | None = Field(
         default=None, description="MAC key of the audit hash chain (required in production)"
     )
+    community_policy: Literal["opt-out", "opt-in"] = Field(
+        default="opt-out",
+        description="The community's base consent policy: opt-out (implicit consent with a "
+        "right of opposition, as MIRC/PANORAMA) or opt-in (an exam leaves its producing site "
+        "only for a patient who consented to community sharing, as IMAG)",
+    )
+    consent_enforcement: bool = Field(
+        default=True,
+        description="Enforce patients' Consents (off refused in production; for benchmarks)",
+    )
+    break_glass_hours: float = Field(
+        default=4.0,
+        gt=0,
+        le=72,
+        description="How long a break-glass grant ($break-glass) lets its holder see a patient",
+    )
+    deletion_approval: Literal["auto", "admin"] = Field(
+        default="admin",
+        description="Patients' deletion requests (Task deletion-request): carried out at once "
+        "(auto) or once an admin or the DPO accepts them (admin)",
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 from contextlib import AbstractContextManager as ContextManager
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,9 +21,9 @@ from app.api import media
 from app.api.auth import authenticate
 from app.api.errors import request_id
 from app.errors import Invalid, PreconditionFailed
-from app.fhir.bundles import information, subset
+from app.fhir.bundles import HORIZON_PARAM, information, pin_horizon, subset
 from app.fhir.capability import capability_statement
-from app.fhir.values import http_date
+from app.fhir.values import http_date, parse_search_date
 from app.services import rendering
 from app.services.bundles import process_bundle
 from app.services.resources import ResourceService
@@ -76,6 +77,20 @@ def _criteria(request: Request) -> list[tuple[str, str]]:
 def _result_pairs(request: Request) -> list[tuple[str, str]]:
     """Search and history parameters: `_format` stays, so that paging links keep it."""
     return [(k, v) for k, v in query_pairs(request) if k != "_pretty"]
+
+
+def _pinned_horizon(
+    pairs: list[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], datetime | None]:
+    """The pairs without `_horizon`, and the horizon a paging link pinned (None on a first
+    page). It belongs to a snapshot: alone it would promise what no read checked."""
+    values = [v for k, v in pairs if k == HORIZON_PARAM]
+    if not values:
+        return pairs, None
+    if len(values) > 1 or not any(k == "_snapshot" for k, _ in pairs):
+        raise Invalid(f"{HORIZON_PARAM} comes once, with the _snapshot of the page it belongs to")
+    kept = [(k, v) for k, v in pairs if k != HORIZON_PARAM]
+    return kept, parse_search_date(values[0], HORIZON_PARAM)[0]
 
 
 def _prefer(request: Request, name: str) -> str | None:
@@ -165,10 +180,14 @@ class Interactions:
         fmt = media.wanted_format(request)
         base = base_url(request)
 
+        pairs, horizon = _pinned_horizon(pairs)
+
         def run() -> dict[str, Any]:
             with unit_of_work(request) as svc:
-                result = svc.search(self.type, pairs, lenient=_lenient(request))
-                return rendering.searchset(base, f"{base}/{self.type}", result)
+                result = svc.search(self.type, pairs, lenient=_lenient(request), horizon=horizon)
+                searchset = rendering.searchset(base, f"{base}/{self.type}", result)
+                assert result.horizon is not None
+                return pin_horizon(searchset, result.horizon)
 
         return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
 
@@ -184,7 +203,7 @@ class Interactions:
         def run() -> tuple[Stored, int]:
             with unit_of_work(request, write=True) as svc:
                 written = svc.create(self.type, body, criteria or None)
-                return written.stored, written.status
+                return svc.settled(written.stored), written.status
 
         stored, status = await run_in_threadpool(run)
         return _written(request, stored, status, fmt)
@@ -235,7 +254,7 @@ class Interactions:
         def run() -> tuple[Stored, int]:
             with unit_of_work(request, write=True) as svc:
                 written = svc.update(self.type, id, body, if_match)
-                return written.stored, written.status
+                return svc.settled(written.stored), written.status
 
         stored, status = await run_in_threadpool(run)
         return _written(request, stored, status, fmt)
@@ -249,7 +268,7 @@ class Interactions:
         def run() -> tuple[Stored, int]:
             with unit_of_work(request, write=True) as svc:
                 written = svc.conditional_update(self.type, criteria, body, if_match)
-                return written.stored, written.status
+                return svc.settled(written.stored), written.status
 
         stored, status = await run_in_threadpool(run)
         return _written(request, stored, status, fmt)
@@ -262,7 +281,7 @@ class Interactions:
 
         def run() -> Stored:
             with unit_of_work(request, write=True) as svc:
-                return svc.patch(self.type, id, ops, if_match).stored
+                return svc.settled(svc.patch(self.type, id, ops, if_match).stored)
 
         return _written(request, await run_in_threadpool(run), 200, fmt)
 
@@ -274,7 +293,7 @@ class Interactions:
 
         def run() -> Stored:
             with unit_of_work(request, write=True) as svc:
-                return svc.conditional_patch(self.type, criteria, ops, if_match).stored
+                return svc.settled(svc.conditional_patch(self.type, criteria, ops, if_match).stored)
 
         return _written(request, await run_in_threadpool(run), 200, fmt)
 
@@ -318,11 +337,13 @@ async def _history(request: Request, type_name: str | None, resource_id: str | N
     fmt = media.wanted_format(request)
     base = base_url(request)
     url = "/".join(p for p in (base, type_name, resource_id) if p) + "/_history"
-    pairs = _result_pairs(request)
+    pairs, horizon = _pinned_horizon(_result_pairs(request))
 
     def run() -> dict[str, Any]:
         with unit_of_work(request) as svc:
-            return rendering.history(base, url, pairs, svc.history(type_name, resource_id, pairs))
+            result = svc.history(type_name, resource_id, pairs, horizon=horizon)
+            assert result.horizon is not None
+            return pin_horizon(rendering.history(base, url, pairs, result), result.horizon)
 
     return media.fhir_response(await run_in_threadpool(run), fmt=fmt)
 
@@ -447,9 +468,20 @@ def build_router(rt: Runtime) -> tuple[APIRouter, APIRouter]:
     add_operations(router, ok, _RESOURCE_BODY)
     for type_name in rt.registry.names():
         handlers = Interactions(type_name)
-        supported = rt.registry.get(type_name).interactions
+        definition = rt.registry.get(type_name)
         for method, path, name, interaction, summary in TYPE_ROUTES:
-            if interaction not in supported:
+            if interaction in definition.refused:
+                # Refused on purpose (a Consent is withdrawn, never deleted): the route answers
+                # 405 with the reason, and is not advertised.
+                router.add_api_route(
+                    f"/{type_name}{path}",
+                    getattr(handlers, name),
+                    methods=[method],
+                    include_in_schema=False,
+                    response_class=Response,
+                )
+                continue
+            if interaction not in definition.interactions:
                 continue  # e.g. AuditEvent is immutable: PUT/PATCH/DELETE answer 405
             extra = None
             if method in ("POST", "PUT") and name != "search_post":

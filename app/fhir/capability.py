@@ -22,7 +22,8 @@ _RESULT_PARAMS = (
 )
 
 
-# Type-level operations (IHE PIXm, PDQm, identity vigilance): (type, name, definition).
+# Type-level operations (IHE PIXm, PDQm, identity vigilance, priors, break-glass): (type, name,
+# definition).
 _OPERATIONS = {
     "Patient": (
         ("ihe-pix", "https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"),
@@ -30,6 +31,7 @@ _OPERATIONS = {
         ("link", f"{RIX_CANONICAL}/OperationDefinition/Patient-link"),
         ("unlink", f"{RIX_CANONICAL}/OperationDefinition/Patient-unlink"),
         ("priors", f"{RIX_CANONICAL}/OperationDefinition/Patient-priors"),
+        ("break-glass", f"{RIX_CANONICAL}/OperationDefinition/Patient-break-glass"),
     ),
     "ImagingStudy": (("kos", f"{RIX_CANONICAL}/OperationDefinition/ImagingStudy-kos"),),
     "Endpoint": (("health", f"{RIX_CANONICAL}/OperationDefinition/Endpoint-health"),),
@@ -48,6 +50,16 @@ _PERSON_SEARCH = (
     "the person's exams from every site. An unlink takes effect at once. Patient resources "
     "show the person's other records as `link` (seealso) and a `homonym` meta tag when another "
     "person has the same name and birth date."
+)
+
+
+_CHANGE_FEED = (
+    "A searchset or history Bundle's meta.lastUpdated is a safe horizon, the same on every page "
+    "of one snapshot: every version stamped before it was committed and readable when the first "
+    "page was read. Follow changes with `_history?_since=<that meta.lastUpdated>`, paging to the "
+    "end each time: nothing is missed (at least once: de-duplicate by id and versionId). "
+    "Consents are withdrawn (status=inactive), never deleted; a Consent whose dateTime is older "
+    "than the stored one's is refused (409). "
 )
 
 
@@ -130,6 +142,7 @@ def capability_statement(registry: Registry, base_url: str, settings: Settings) 
                 "documentation": (
                     "Search results page on a snapshot: next/previous links carry _offset and "
                     "_snapshot so that resources created while a client pages never shift pages. "
+                    + _CHANGE_FEED
                     + _PERSON_SEARCH
                 ),
                 "resource": resources,
@@ -137,6 +150,12 @@ def capability_statement(registry: Registry, base_url: str, settings: Settings) 
                     {"code": "transaction"},
                     {"code": "batch"},
                     {"code": "history-system"},
+                ],
+                "operation": [
+                    {
+                        "name": "access-check",
+                        "definition": f"{RIX_CANONICAL}/OperationDefinition/access-check",
+                    }
                 ],
             }
         ],

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -31,8 +33,11 @@ from app.fhir.values import parse_search_date
 from app.identity.vigilance import Vigilance
 from app.policy.principal import Principal
 from app.policy.seam import Policy
+from app.services.consents import check_not_stale
+from app.services.deletion import Deletions
 from app.services.documents import Documents
 from app.services.facts import RequestFacts
+from app.services.links import resolve_links
 from app.storage.repository import Repository, Stored
 
 _ID_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -71,6 +76,8 @@ class SearchResult:
     # Where the next page starts when filling this one read past `offset + count` (items the
     # caller may not see were skipped); None: at `offset + count`, or no next page.
     next_offset: int | None = None
+    # The safe horizon of the pages (Repository.horizon): the Bundle's meta.lastUpdated.
+    horizon: datetime | None = None
 
 
 @dataclass
@@ -78,10 +85,15 @@ class HistoryResult:
     """A page of history entries newest first, their total, and the snapshot to page with."""
 
     entries: list[Stored]
-    total: int
+    total: int | None  # None: left out (a filtered caller's page that is not the whole answer)
     snapshot: int
     count: int
     offset: int
+    # Every version stamped before it is in these pages or was before `_since` (the Bundle's
+    # meta.lastUpdated: where the client's next `_since` starts).
+    horizon: datetime | None = None
+    # Where the next page starts when this one was filled past hidden versions.
+    next_offset: int | None = None
 
 
 @dataclass
@@ -115,21 +127,35 @@ class ResourceService:
         author = f"{self.principal.name} ({self.principal.subject})"
         self.identity = Vigilance(repo, author)
         repo.listeners.append(self.identity.on_write)
-        self.facts = RequestFacts(repo, self.identity)
+        self.facts = RequestFacts(repo, self.identity, self.audit.authorize)
+        repo.listeners.append(self.facts.on_write)
         self.documents = Documents(self)
         repo.listeners.append(self.documents.on_write)
+        self.deletions = Deletions(self, self.policy.rules.deletion_approval)
+        repo.listeners.append(self.deletions.on_write)
 
     def finish(self) -> None:
         """End of the unit of work: apply what its document writes imply (MHD replacements,
-        imaging manifests), inside the same transaction."""
+        imaging manifests) and decide its deletion requests, inside the same transaction."""
         self.documents.finish()
+        self.deletions.finish()  # after the documents: a request may name one written here
+
+    def settled(self, stored: Stored) -> Stored:
+        """A written resource as the unit of work leaves it: what its end writes (a deletion
+        request carried out, say) is in the answer to the write."""
+        self.finish()
+        current = self.repo.current(stored.type, stored.id)
+        if current is None or current.deleted or current.version <= stored.version:
+            return stored
+        return current
 
     def _start(self, interaction: str, type_name: str) -> None:
         if type_name != "*":  # "*": a system-level interaction (history-system), no one type
             definition = self.registry.get(type_name)
             base = "history-instance" if interaction == "vread" else interaction
             if base not in definition.interactions and interaction != "vread":
-                raise MethodNotAllowed(f"{type_name} does not support {interaction}")
+                reason = definition.refused.get(interaction)
+                raise MethodNotAllowed(reason or f"{type_name} does not support {interaction}")
         self.policy.start(self.principal, interaction, type_name)
 
     def visible(self, stored: Stored) -> bool:
@@ -285,6 +311,7 @@ class ResourceService:
             self._check_write(type_name, resource_id, current.resource, incoming=False)
         if _unchanged(current, resource):
             return self._wrote(touch, Written(200, current))
+        _check_supersedes(current, resource)
         status = 201 if current.deleted else 200
         return self._wrote(touch, Written(status, self.repo.update(current, resource)))
 
@@ -325,6 +352,7 @@ class ResourceService:
         self._check_write(type_name, current.id, current.resource, incoming=False)
         if _unchanged(current, resource):
             return self._wrote(touch, Written(200, current))
+        _check_supersedes(current, resource)
         return self._wrote(touch, Written(200, self.repo.update(current, resource)))
 
     def patch(
@@ -364,6 +392,7 @@ class ResourceService:
         resource = self._validated(current.type, patched, current.id)
         self._check_write(current.type, current.id, current.resource, incoming=False)
         self._check_write(current.type, current.id, resource)
+        _check_supersedes(current, resource)
         return self.repo.update(current, resource)
 
     def delete(
@@ -422,20 +451,32 @@ class ResourceService:
     # -- search and history -------------------------------------------------------------------
 
     def search(
-        self, type_name: str, pairs: list[tuple[str, str]], *, lenient: bool = False
+        self,
+        type_name: str,
+        pairs: list[tuple[str, str]],
+        *,
+        lenient: bool = False,
+        horizon: datetime | None = None,
     ) -> SearchResult:
         """FHIR search of one type, with _include/_revinclude resolved.
 
-        Items the caller may not see never leave; when any was dropped after the database
-        counted, the total is withheld rather than reveal that hidden items exist.
+        Items the caller may not see never leave, nor count in the total, nor let a chained or
+        `_has` criterion through (`app.services.links`). `horizon`: the safe horizon of the
+        first page, which later pages keep (see `history`).
         """
         self._start("search-type", type_name)
         touch = self.audit.touch("search-type", type_name, query=f"{type_name}?{urlencode(pairs)}")
         query = self.parser.parse(type_name, pairs, lenient=lenient)
         self.policy.narrow(self.principal, query)
-        self._expand_persons(query)
+        filtered = self.policy.filters(self.principal, self.facts)
+        decided = filtered or self.principal.role == "patient"
+        self._expand_persons(query, through_visible=decided)
+        if decided:
+            resolve_links(self, query)
         if type_name == "AuditEvent":  # records are indexed after the fact: catch up first
             self.access.trail.catch_up(self.repo)
+        # The horizon before the snapshot: every version stamped before it is then inside.
+        horizon = horizon or self.repo.horizon()
         if query.snapshot is None:
             query.snapshot = self.repo.max_pk()
         found, total = self.repo.search(query)
@@ -443,15 +484,22 @@ class ResourceService:
             self.identity.prefetch(s.id for s in found)
         matches = [s for s in found if self.visible(s)]
         next_offset = None
-        filtered = self.policy.filters(self.principal, self.facts)
-        if filtered and query.summary == "count":
+        if filtered and (query.summary == "count" or query.count == 0):
             total = self._count_visible(query) if total else total
         elif filtered:
             matches, next_offset = self._fill_page(query, found, matches)
-            # A total (but 0) is shown only when this page held every match and hid none: any
-            # other count could include items the caller may not see (hidden = missing).
-            if total and (query.offset or total != len(found) or len(matches) != len(found)):
-                total = None
+            # Whether a total is given depends on what the caller sees, never on what it does
+            # not: a first page that is not full holds every visible match (the page was
+            # filled up to the last row), so its length is the total; otherwise the total is
+            # counted when asked for (`_total=accurate`), else left out.
+            if total and not query.offset and len(matches) < query.count and next_offset is None:
+                total = len(matches)
+            elif total and any(
+                k == "_totalMethod" or (k, v) == ("_total", "accurate") for k, v in query.used
+            ):
+                total = self._count_visible(query)
+            else:
+                total = None if total else total
         elif len(matches) != len(found):
             total = None
         included = [
@@ -465,12 +513,13 @@ class ResourceService:
             )
         matches = [self.shown(s) for s in matches]
         included = [self.shown(s) for s in included]
-        return SearchResult(query, matches, total, included, next_offset)
+        return SearchResult(query, matches, total, included, next_offset, horizon)
 
     def _count_visible(self, query: SearchQuery) -> int | None:
-        """`_summary=count` for a caller whose items are decided one by one: the matches it
-        may see, counted up to a bound (beyond it, no total rather than a wrong one)."""
-        every = dataclasses.replace(query, summary=None, count=_COUNT_BOUND, total="none")
+        """The total for a caller whose items are decided one by one (`_summary=count`,
+        `_total=accurate`): the matches it may see, on every page, counted up to a bound (beyond
+        it, no total rather than a wrong one)."""
+        every = dataclasses.replace(query, summary=None, count=_COUNT_BOUND, offset=0, total="none")
         rows, _ = self.repo.search(every)
         if len(rows) == _COUNT_BOUND:
             return None
@@ -485,24 +534,38 @@ class ResourceService:
         short)."""
         if len(found) < query.count or len(matches) == query.count or query.count == 0:
             return matches, None
-        position = query.offset + len(found)
+
+        def following(position: int) -> list[Stored]:
+            return self.repo.search(dataclasses.replace(query, offset=position, total="none"))[0]
+
+        return self._filled(matches, query.count, query.offset + len(found), following)
+
+    def _filled(
+        self,
+        shown: list[Stored],
+        count: int,
+        position: int,
+        following: Callable[[int], list[Stored]],
+    ) -> tuple[list[Stored], int | None]:
+        """Add the visible rows that follow `position` (read a page at a time by `following`)
+        until `count` are shown: the page, and where the next one starts (None: at the end)."""
         for _ in range(_FILL_ROUNDS):
-            following = dataclasses.replace(query, offset=position, total="none")
-            rows, _ = self.repo.search(following)
+            rows = following(position)
             for row in rows:
                 position += 1
                 if self.visible(row):
-                    matches.append(row)
-                    if len(matches) == query.count:
-                        return matches, position
-            if len(rows) < query.count:
-                return matches, None
-        return matches, position
+                    shown.append(row)
+                    if len(shown) == count:
+                        return shown, position
+            if len(rows) < count:
+                return shown, None
+        return shown, position
 
-    def _expand_persons(self, query: SearchQuery) -> None:
+    def _expand_persons(self, query: SearchQuery, *, through_visible: bool = False) -> None:
         """The priors of a person are the data of all the person's linked records (PIXm):
         `patient`/`subject` criteria naming a Patient (`Patient/id`, or a chained
-        `patient.identifier`) are widened to every record of that person."""
+        `patient.identifier`) are widened to every record of that person. `through_visible`:
+        a chain goes only through Patients the caller may see (`app.services.links`)."""
         if query.type == "Patient":
             return
         for i, c in enumerate(query.criteria):
@@ -517,7 +580,7 @@ class ResourceService:
                 for value in c.chain.values:
                     system, code = split_token(value.raw)
                     found = self.repo.by_identifier("Patient", system or None, code)
-                    ids |= {s.id for s in found}
+                    ids |= {s.id for s in found if not through_visible or self.visible(s)}
             else:
                 for value in c.values:
                     raw = value.raw
@@ -561,11 +624,19 @@ class ResourceService:
         type_name: str | None,
         resource_id: str | None,
         pairs: list[tuple[str, str]],
+        *,
+        horizon: datetime | None = None,
     ) -> HistoryResult:
         """FHIR history (instance, type or system), newest first, paged on a snapshot.
 
         System history lists the clinical and directory data; AuditEvents have their own
         (ITI-81 search and AuditEvent/_history).
+
+        A change feed (FHIR R4 http.html#history `_since`): the first page takes the safe
+        horizon H (Repository.horizon) before its snapshot, so every version stamped before H
+        is within the snapshot; later pages pass the first page's H in `horizon` and report
+        it too. A client that pages to the end, then asks again with `_since=H`, misses
+        nothing (it may see a version twice: de-duplicate by id and versionId).
         """
         interaction = (
             "history-instance" if resource_id else "history-type" if type_name else "history-system"
@@ -591,6 +662,7 @@ class ResourceService:
                 continue
             else:
                 raise Invalid(f"History does not support the parameter '{key}'")
+        horizon = horizon or self.repo.horizon()
         entries, total, snap = self.repo.history(
             type_name=type_name,
             resource_id=resource_id,
@@ -599,17 +671,46 @@ class ResourceService:
             count=count,
             offset=offset,
         )
-        if resource_id:
-            # A version about someone else (a document moved to the right patient) stays
-            # hidden; the count of versions is no secret (the current versionId tells it).
-            entries = [e for e in entries if self.visible(e)]
-        else:
-            visible = [e for e in entries if self.visible(e)]
-            if len(visible) != len(entries):
-                raise Forbidden("This history contains items you may not see; search instead")
-        for entry in entries:
+        # In an instance's history, a version about someone else (a document moved to the
+        # right patient) stays hidden; the count of versions is no secret (the current
+        # versionId tells it).
+        visible = [e for e in entries if self.visible(e)]
+        next_offset: int | None = None
+        shown_total: int | None = total
+        if not resource_id and self.policy.filters(self.principal, self.facts):
+            # As a search's pages: filled past hidden versions, a total only when the first
+            # page holds every visible version (hidden = missing).
+            visible, next_offset = self._fill_history(
+                type_name, since, snap, count, offset, entries, visible
+            )
+            complete = not offset and len(visible) < count and next_offset is None
+            shown_total = len(visible) if complete else None
+        for entry in visible:
             touch.add(f"{entry.type}/{entry.id}/_history/{entry.version}", self._patients(entry))
-        return HistoryResult(entries, total, snap, count, offset)
+        return HistoryResult(visible, shown_total, snap, count, offset, horizon, next_offset)
+
+    def _fill_history(
+        self,
+        type_name: str | None,
+        since: datetime | None,
+        snapshot: int,
+        count: int,
+        offset: int,
+        entries: list[Stored],
+        visible: list[Stored],
+    ) -> tuple[list[Stored], int | None]:
+        """Fill a history page whose versions were partly hidden from the versions that
+        follow (as `_fill_page`); the next page starts after the last one read."""
+        if len(entries) < count or len(visible) == count or count == 0:
+            return visible, None
+
+        def following(position: int) -> list[Stored]:
+            rows, _, _ = self.repo.history(
+                type_name=type_name, since=since, at_most_seq=snapshot, count=count, offset=position
+            )
+            return rows
+
+        return self._filled(visible, count, offset + len(entries), following)
 
 
 def _without_version(resource: dict[str, Any]) -> dict[str, Any]:
@@ -633,6 +734,13 @@ def _exact(value: Any) -> Any:
     if isinstance(value, Decimal):
         return ("decimal", str(value))
     return value
+
+
+def _check_supersedes(current: Stored, resource: dict[str, Any]) -> None:
+    """An update must not take a decision back to an older one (a registry's late replay):
+    409, nothing written. A deleted resource has no decision left to compare with."""
+    if not current.deleted:
+        check_not_stale(current.type, current.resource, resource)
 
 
 def _unchanged(current: Stored, resource: dict[str, Any]) -> bool:
