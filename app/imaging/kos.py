@@ -16,7 +16,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import KeyObjectSelectionDocumentStorage, generate_uid
 
-import app
 from app.imaging.manifest import (
     KosCode,
     KosError,
@@ -37,6 +36,7 @@ from app.imaging.writer import (
     _code,
     _part10,
     _sop_reference,
+    key_object_document,
     kos_from_imaging_study,
 )
 
@@ -117,18 +117,7 @@ def rejection_note(manifest: KosManifest, title: KosCode, *, now: datetime | Non
     ds.AccessionNumber = manifest.accession_number or ""
     if manifest.accession_number and manifest.accession_issuer:
         ds.IssuerOfAccessionNumberSequence = Sequence([_issuer_item(manifest.accession_issuer)])
-    # Key Object Document Series (C.17.6.1) and General Equipment (C.7.5.1)
-    ds.Modality = "KO"
-    ds.SeriesInstanceUID = generate_uid(prefix=RIX_UID_ROOT)
-    ds.SeriesNumber = REJECTION_SERIES_NUMBER
-    ds.SeriesDate, ds.SeriesTime = content_da, content_tm
-    ds.SeriesDescription = "IOCM rejection note"
-    ds.ReferencedPerformedProcedureStepSequence = Sequence()
-    ds.Manufacturer = "RIX"
-    ds.SoftwareVersions = app.__version__
-    # Key Object Document (C.17.6.2)
-    ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = content_da, content_tm
+    key_object_document(ds, REJECTION_SERIES_NUMBER, "IOCM rejection note", content_da, content_tm)
     if manifest.accession_number:
         ds.ReferencedRequestSequence = Sequence([_rejected_request(manifest)])
     ds.CurrentRequestedProcedureEvidenceSequence = Sequence([_rejected_evidence(manifest)])

@@ -89,18 +89,7 @@ def kos_from_imaging_study(
     modalities = [str(c.get("code")) for c in study.get("modality") or [] if c.get("code")]
     if modalities:
         ds.ModalitiesInStudy = modalities  # Standard Extended: helps XDS-I eventCodeList
-    # Key Object Document Series (C.17.6.1) and General Equipment (C.7.5.1)
-    ds.Modality = "KO"
-    ds.SeriesInstanceUID = generate_uid(prefix=RIX_UID_ROOT)
-    ds.SeriesNumber = KOS_SERIES_NUMBER
-    ds.SeriesDate, ds.SeriesTime = content_da, content_tm
-    ds.SeriesDescription = "Imaging manifest (XDS-I.b)"
-    ds.ReferencedPerformedProcedureStepSequence = Sequence()
-    ds.Manufacturer = "RIX"
-    ds.SoftwareVersions = app.__version__
-    # Key Object Document (C.17.6.2)
-    ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = content_da, content_tm
+    key_object_document(ds, KOS_SERIES_NUMBER, "Imaging manifest (XDS-I.b)", content_da, content_tm)
     if accession:
         ds.ReferencedRequestSequence = Sequence([_request(study_uid, accession, accession_system)])
     retrieve = (retrieve_url, retrieve_location_uid, retrieve_ae_title)
@@ -347,3 +336,20 @@ def _part10(ds: Dataset) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def key_object_document(
+    ds: Dataset, series_number: int, description: str, content_da: str, content_tm: str
+) -> None:
+    """The Key Object Document Series (PS3.3 C.17.6.1), General Equipment (C.7.5.1) and Key
+    Object Document (C.17.6.2) modules of a KOS RIX writes, in a series of its own."""
+    ds.Modality = "KO"
+    ds.SeriesInstanceUID = generate_uid(prefix=RIX_UID_ROOT)
+    ds.SeriesNumber = series_number
+    ds.SeriesDate, ds.SeriesTime = content_da, content_tm
+    ds.SeriesDescription = description
+    ds.ReferencedPerformedProcedureStepSequence = Sequence()
+    ds.Manufacturer = "RIX"
+    ds.SoftwareVersions = app.__version__
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = content_da, content_tm

@@ -139,21 +139,10 @@ class RequestFacts:
         one statement per person and request."""
         records = frozenset(self.records_of_person(patient_id))
         if records not in self._consents:
-            self.repo.flush()
-            reference = INDEX_TABLES["reference"]
-            rows = self.repo.session.execute(
-                select(RESOURCE)
-                .join(reference, reference.c.resource_pk == RESOURCE.c.pk)
-                .where(
-                    reference.c.resource_type == "Consent",
-                    reference.c.param == "patient",
-                    reference.c.target_type == "Patient",
-                    reference.c.target_id.in_(sorted(records)),
-                    RESOURCE.c.deleted == false(),
-                )
-            ).all()
-            unique = {row.pk: self.repo.row_stored(row) for row in rows}.values()
-            found = [decision(s.resource) for s in unique if s.content is not None]
+            consents = self._referring(
+                "Consent", "patient", target_type="Patient", target_id=sorted(records)
+            )
+            found = [decision(s.resource) for s in consents if s.content is not None]
             self._consents[records] = [d for d in found if d.active and d.kind in ENFORCED_KINDS]
         return self._consents[records]
 
@@ -161,23 +150,12 @@ class RequestFacts:
         """The open break-glass grants of this caller, by Patient record: a grant opens every
         record of its patient's person."""
         if subject not in self._grants:
-            self.repo.flush()
-            reference = INDEX_TABLES["reference"]
-            rows = self.repo.session.execute(
-                select(RESOURCE)
-                .join(reference, reference.c.resource_pk == RESOURCE.c.pk)
-                .where(
-                    reference.c.resource_type == "Task",
-                    reference.c.param == "requester",
-                    reference.c.identifier_system == SUBJECT_SYSTEM,
-                    reference.c.identifier_value == subject,
-                    RESOURCE.c.deleted == false(),
-                )
-            ).all()
+            tasks = self._referring(
+                "Task", "requester", identifier_system=SUBJECT_SYSTEM, identifier_value=subject
+            )
             now = now_utc()
             out: dict[str, Grant] = {}
-            for row in {row.pk: row for row in rows}.values():
-                current = self.repo.row_stored(row)
+            for current in tasks:
                 first = self.repo.version("Task", current.id, 1)
                 if first is None or first.content is None or current.content is None:
                     continue
@@ -189,6 +167,29 @@ class RequestFacts:
                         out[record] = grant
             self._grants[subject] = out
         return self._grants[subject]
+
+    def _referring(self, type_name: str, param: str, **match: str | list[str]) -> list[Stored]:
+        """The live resources of `type_name` whose reference parameter `param` matches (its
+        index columns: a value, or a list of values), in one statement."""
+        self.repo.flush()
+        reference = INDEX_TABLES["reference"]
+        conditions = [
+            reference.c[column].in_(value)
+            if isinstance(value, list)
+            else reference.c[column] == value
+            for column, value in match.items()
+        ]
+        rows = self.repo.session.execute(
+            select(RESOURCE)
+            .join(reference, reference.c.resource_pk == RESOURCE.c.pk)
+            .where(
+                reference.c.resource_type == type_name,
+                reference.c.param == param,
+                RESOURCE.c.deleted == false(),
+                *conditions,
+            )
+        ).all()
+        return list({row.pk: self.repo.row_stored(row) for row in rows}.values())
 
     def prescribers(self, type_name: str, resource: dict[str, Any]) -> set[str]:
         """The RPPS numbers of who ordered this exam: an ImagingStudy's `referrer` and the
