@@ -11,7 +11,9 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -137,6 +139,15 @@ def client(settings: Settings, token: Token) -> Iterator[TestClient]:
     """An HTTP client on a fresh app, authenticated as an administrator unless a test sends its
     own Authorization header (server errors come back as responses, as in production)."""
     app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False, headers=token("admin")) as c:
+        yield c
+    app.state.rix.engine.dispose()
+
+
+@contextmanager
+def other_app(settings: Settings, token: Token, **update: Any) -> Iterator[TestClient]:
+    """A second app on the test's database with other RIX_ settings (`update`), as admin."""
+    app = create_app(settings.model_copy(update=update))
     with TestClient(app, raise_server_exceptions=False, headers=token("admin")) as c:
         yield c
     app.state.rix.engine.dispose()

@@ -17,23 +17,20 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.main import create_app
 from app.policy.breakglass import read_grant
 from app.policy.principal import Principal
 from app.services.breakglass import grant_task
-from tests.conftest import Token
+from tests.conftest import Token, other_app
 from tests.identity.support import BLOIS, INS_TEST, ROMORANTIN, TOURS, feed_id, patient, study
 from tests.mhd.support import binary
 from tests.test_care_relationship import INS, LENOIR, REPORT, _ids, _scene
-from tests.test_consent_enforcement import opposition, record
+from tests.test_consent_enforcement import _status, opposition, record
 
 ACCESS_TASK = "https://fhir.rix.example/CodeSystem/access-task"
 REVIEW_QUERY = {"code": f"{ACCESS_TASK}|break-glass", "status": "requested"}
@@ -134,10 +131,6 @@ def query_of(event: dict[str, Any]) -> str | None:
         if "query" in e:
             return base64.b64decode(e["query"]).decode("utf-8")
     return None
-
-
-def _status(client: TestClient, ref: str, headers: dict[str, str]) -> int:
-    return client.get(f"/fhir/{ref}", headers=headers).status_code
 
 
 def _agathe_items(s: dict[str, str]) -> list[str]:
@@ -408,19 +401,10 @@ def test_a_grant_passes_only_oppositions_carrying_the_emergency_permit(
 # -- the DPO's review, the grant's end ------------------------------------------------------------
 
 
-@contextmanager
-def _app(settings: Settings, token: Token, **update: Any) -> Iterator[TestClient]:
-    """A second app on the same database, with other RIX_ settings."""
-    app = create_app(settings.model_copy(update=update))
-    with TestClient(app, raise_server_exceptions=False, headers=token("admin")) as c:
-        yield c
-    app.state.rix.engine.dispose()
-
-
 def test_the_dpo_closes_or_cancels_and_the_grant_expires_on_its_first_terms(
     settings: Settings, token: Token
 ) -> None:
-    with _app(settings, token, break_glass_hours=0.001) as client:  # 3.6 s
+    with other_app(settings, token, break_glass_hours=0.001) as client:  # 3.6 s
         s = _scene(client, token)
         dpo = token("dpo")
         urgent = token("clinician", sub=HOLDER, org=TOURS, purpose="ETREAT")
@@ -463,7 +447,7 @@ def test_the_dpo_closes_or_cancels_and_the_grant_expires_on_its_first_terms(
         assert _status(client, study_ref, urgent) == 404
 
     # RIX_BREAK_GLASS_HOURS sets the period.
-    with _app(settings, token, break_glass_hours=12) as client:
+    with other_app(settings, token, break_glass_hours=12) as client:
         answer = open_grant(client, token("clinician", org=TOURS, purpose="BTG"), s["a1"])
         task = client.get(f"/fhir/Task/{grant_id(answer)}", headers=token("dpo")).json()
         period = task["restriction"]["period"]

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from app.services.runtime import Runtime
-from tests.conftest import Token
+from tests.conftest import Token, other_app
 from tests.identity.support import BLOIS, ROMORANTIN, TOURS
 from tests.test_break_glass import authz_events, grant_id, open_grant, subtype
 from tests.test_care_relationship import _ids, _link_at_tours, _scene
@@ -50,15 +48,6 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         audit_seal_interval=60,
         community_policy="opt-in",
     )
-
-
-@contextmanager
-def _app(settings: Settings, token: Token, **update: Any) -> Iterator[TestClient]:
-    """Another app on the same database, with other RIX_ settings."""
-    app = create_app(settings.model_copy(update=update))
-    with TestClient(app, raise_server_exceptions=False, headers=token("admin")) as c:
-        yield c
-    app.state.rix.engine.dispose()
 
 
 def sharing(patient_id: str) -> dict[str, Any]:
@@ -229,7 +218,7 @@ def test_break_glass_overrides_not_yet_informed_and_is_audited(
 
 
 def test_opt_out_and_enforcement_off_on_the_same_data(settings: Settings, token: Token) -> None:
-    with _app(settings, token, community_policy="opt-out") as client:
+    with other_app(settings, token, community_policy="opt-out") as client:
         s = _full_scene(client, token)
         exams = _exams(s)
         # The default community: shared without any Consent, hidden by an opposition.
@@ -238,7 +227,7 @@ def test_opt_out_and_enforcement_off_on_the_same_data(settings: Settings, token:
         record(client, token, opposition(s["a1"], emergency=False))
         for who, headers in _outsiders(token).items():
             assert _visible(client, headers, exams) == set(), who
-    with _app(settings, token, consent_enforcement=False) as client:
+    with other_app(settings, token, consent_enforcement=False) as client:
         # Enforcement off (opt-in community): neither the opposition nor the missing consent
         # hides anything; the care relationship still does.
         for who, headers in _outsiders(token).items():

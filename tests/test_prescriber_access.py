@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import Token
 from tests.identity.support import BLOIS, ROMORANTIN, feed_id, patient
 from tests.test_care_relationship import INS, LENOIR, REPORT, _ids, _report
-from tests.test_consent_enforcement import exam_opposition, opposition, record
+from tests.test_consent_enforcement import _status, exam_opposition, opposition, record
 
 RPPS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"
 # Five prescribers (11-digit RPPS numbers) and someone who prescribed nothing here.
@@ -139,10 +139,6 @@ def _scene(client: TestClient, token: Token) -> dict[str, str]:
     report = _report(client, token, ROMORANTIN, a1, s["logical"])
     s.update(document=report["DocumentReference"], binary=report["Binary"], list=report["List"])
     return s
-
-
-def _status(client: TestClient, ref: str, headers: dict[str, str]) -> int:
-    return client.get(f"/fhir/{ref}", headers=headers).status_code
 
 
 def _studies(client: TestClient, headers: dict[str, str], **params: str) -> set[str]:
