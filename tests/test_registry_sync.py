@@ -292,10 +292,14 @@ def test_bundles_carry_the_horizon_on_every_page(client: TestClient) -> None:
     assert second["meta"]["lastUpdated"] == horizon
     assert len(second["entry"]) == 2
 
-    search = client.get("/fhir/Consent", params={"_count": "2"}).json()
+    # A search by _lastUpdated is a feed too; other searches take no horizon (no cost).
+    feed = {"_count": "2", "_lastUpdated": "ge2020-01-01"}
+    search = client.get("/fhir/Consent", params=feed).json()
     assert date_range(search["meta"]["lastUpdated"])[0] >= date_range(horizon)[0]
     next_url = next(x["url"] for x in search["link"] if x["relation"] == "next")
     assert client.get(next_url).json()["meta"]["lastUpdated"] == search["meta"]["lastUpdated"]
+    plain = client.get("/fhir/Consent", params={"_count": "2"}).json()
+    assert all("_horizon" not in link["url"] for link in plain["link"])
     # A horizon is only ever a snapshot's: alone, it is refused.
     alone = client.get("/fhir/Consent/_history", params={"_horizon": horizon})
     assert alone.status_code == 400

@@ -461,8 +461,9 @@ class ResourceService:
         """FHIR search of one type, with _include/_revinclude resolved.
 
         Items the caller may not see never leave, nor count in the total, nor let a chained or
-        `_has` criterion through (`app.services.links`). `horizon`: the safe horizon of the
-        first page, which later pages keep (see `history`).
+        `_has` criterion through (`app.services.links`). A search by `_lastUpdated` is a change
+        feed: its result carries the safe horizon (`horizon`: the first page's, which later
+        pages keep; see `history`).
         """
         self._start("search-type", type_name)
         touch = self.audit.touch("search-type", type_name, query=f"{type_name}?{urlencode(pairs)}")
@@ -475,8 +476,10 @@ class ResourceService:
             resolve_links(self, query)
         if type_name == "AuditEvent":  # records are indexed after the fact: catch up first
             self.access.trail.catch_up(self.repo)
-        # The horizon before the snapshot: every version stamped before it is then inside.
-        horizon = horizon or self.repo.horizon()
+        # A feed by `_lastUpdated` takes the horizon before the snapshot: every version stamped
+        # before it is then inside (two statements on PostgreSQL: only for feeds).
+        if horizon is None and any(c.param.code == "_lastUpdated" for c in query.criteria):
+            horizon = self.repo.horizon()
         if query.snapshot is None:
             query.snapshot = self.repo.max_pk()
         found, total = self.repo.search(query)

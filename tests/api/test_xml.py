@@ -337,7 +337,8 @@ def test_search_and_history_bundles_are_the_same_in_xml(client: TestClient) -> N
         first = from_json(client.get(path, params=params), path)
         first_page = next(lk["url"] for lk in first["link"] if lk["relation"] == "first")
         # (and to its horizon, which the paging links carry: tests/test_registry_sync.py)
-        pinned = params | {k: parse_qs(urlsplit(first_page).query)[k][0] for k in PAGE_PINS}
+        pins = parse_qs(urlsplit(first_page).query)
+        pinned = params | {k: pins[k][0] for k in PAGE_PINS if k in pins}
         as_json = from_json(client.get(path, params=pinned), path)
         as_xml = from_xml(client.get(path, params=pinned, headers={"Accept": FHIR_XML}), path)
         assert without_bundle_meta(as_xml) == without_bundle_meta(as_json), path
