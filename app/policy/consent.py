@@ -14,6 +14,9 @@ reads: pure functions over resources, no storage.
 - `lets_through(decision)`: whether a deny carries the emergency permit, which a break-glass
   use (purpose of use ETREAT or BTG with an open grant, `app.policy.seam`) may pass.
 - `shares(decision)`: an active community-sharing permit (explicit opt-in communities).
+- `Denies`: a person's active denies indexed by what they name, which answers "which denies
+  cover this item" by lookups, as `covers` would one decision at a time (enforcement decides
+  every item of every page: that is its hot path).
 """
 
 from __future__ import annotations
@@ -150,6 +153,83 @@ def covers(
     if type_name == "DocumentReference":
         return any(_names_document(exam, resource_id, resource, lookup) for exam in decision.exams)
     return False
+
+
+@dataclass
+class Denies:
+    """A person's active denies by what they name (see the module docstring)."""
+
+    whole: list[Decision]  # oppositions: every exam item
+    by_reference: dict[tuple[str, str], list[Decision]]
+    by_uid: dict[str, list[Decision]]
+    # accession -> (issuer or None, decision): an issuer-less side matches any issuer
+    by_accession: dict[str, list[tuple[str | None, Decision]]]
+
+    @classmethod
+    def of(cls, decisions: list[Decision]) -> Denies:
+        """Index the active denies among `decisions`."""
+        out = cls([], {}, {}, {})
+        for d in decisions:
+            if not d.active or not d.deny:
+                continue
+            if d.kind == "opposition":
+                out.whole.append(d)
+            elif d.kind == "exam-opposition":
+                for exam in d.exams:
+                    if exam.reference is not None:
+                        out.by_reference.setdefault(exam.reference, []).append(d)
+                    elif exam.study_uid is not None:
+                        out.by_uid.setdefault(exam.study_uid, []).append(d)
+                    elif exam.accession is not None:
+                        entry = (exam.accession_system, d)
+                        out.by_accession.setdefault(exam.accession, []).append(entry)
+        return out
+
+    def covering(
+        self, type_name: str, resource_id: str, resource: dict[str, Any], lookup: Lookup
+    ) -> list[Decision]:
+        """The denies that cover this item, each once, in a stable order (what `covers` says
+        of each decision)."""
+        if type_name not in COVERED_TYPES:
+            return []
+        found = list(self.whole)
+        if type_name == "ImagingStudy":
+            found += self._naming_study(resource_id, resource)
+        elif type_name == "DocumentReference":
+            found += self.by_reference.get(("DocumentReference", resource_id), [])
+            for related in _dicts(_dict(resource.get("context")).get("related")):
+                target = related.get("reference")
+                if isinstance(target, str) and target.startswith("ImagingStudy/"):
+                    study_id = target.split("/")[1]
+                    found += self.by_reference.get(("ImagingStudy", study_id), [])
+                    if self.by_uid or self.by_accession:
+                        study = lookup("ImagingStudy", study_id)
+                        if study is not None:
+                            found += self._by_identifiers(_dicts(study.get("identifier")))
+                else:
+                    found += self._by_identifiers([related.get("identifier")])
+        unique = {d.consent_id: d for d in found}
+        return [unique[k] for k in sorted(unique)]
+
+    def _naming_study(self, study_id: str, study: dict[str, Any]) -> list[Decision]:
+        named = self.by_reference.get(("ImagingStudy", study_id), [])
+        return named + self._by_identifiers(_dicts(study.get("identifier")))
+
+    def _by_identifiers(self, identifiers: list[Any]) -> list[Decision]:
+        out: list[Decision] = []
+        for identifier in identifiers:
+            if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
+                continue
+            if identifier.get("system") == DICOM_UID_SYSTEM:
+                out += self.by_uid.get(_bare_uid(identifier["value"]), [])
+            elif _is_accession(identifier):
+                system = identifier.get("system")
+                out += [
+                    d
+                    for issuer, d in self.by_accession.get(identifier["value"], [])
+                    if not system or not issuer or system == issuer
+                ]
+        return out
 
 
 def _names_study(exam: Exam, study_id: str, study: dict[str, Any]) -> bool:

@@ -118,6 +118,10 @@ class Facts(Protocol):
         """The active decisions of this record's person (any of its records' Consents)."""
         ...
 
+    def denies_of(self, patient_id: str) -> consent.Denies:
+        """The same person's active denies, indexed (`consent.Denies`)."""
+        ...
+
     def grants(self, subject: str) -> dict[str, Grant]:
         """The caller's open break-glass grants, by Patient record."""
         ...
@@ -251,12 +255,8 @@ class Policy:
             if self._producing_site(principal, pid, facts):
                 continue
             decisions = facts.consents_of(pid)
-            covering = [
-                d
-                for d in decisions
-                if consent.covers(d, type_name, resource_id, content, facts.lookup)
-            ]
-            ids = tuple(sorted(d.consent_id for d in covering))
+            covering = facts.denies_of(pid).covering(type_name, resource_id, content, facts.lookup)
+            ids = tuple(d.consent_id for d in covering)
             used = self._grant(principal, {pid}, facts)
             grant = used[1] if used is not None else None
             if covering:
@@ -474,20 +474,21 @@ class Policy:
         if not facts.consents_exist():
             return
         for pid in sorted(self.patients_of(type_name, resource_id or "", resource)):
-            for decision in facts.consents_of(pid):
-                if consent.covers(decision, type_name, resource_id or "", resource, facts.lookup):
-                    which = (
-                        "regional sharing"
-                        if decision.kind == "opposition"
-                        else "the sharing of this exam"
-                    )
-                    item = f"{type_name}/{resource_id or '(new)'}"
-                    reason = f"refused at the door: the patient opposed {which}"
-                    facts.record(Authorization(pid, item, False, reason, (decision.consent_id,)))
-                    raise Unprocessable(
-                        f"patient opposed to {which}; keep the exam locally "
-                        f"(Consent/{decision.consent_id})"
-                    )
+            denies = facts.denies_of(pid)
+            covering = denies.covering(type_name, resource_id or "", resource, facts.lookup)
+            if not covering:
+                continue
+            # An opposition of all exams says more than one of this exam: named first.
+            decision = next((d for d in covering if d.kind == "opposition"), covering[0])
+            which = (
+                "regional sharing" if decision.kind == "opposition" else "the sharing of this exam"
+            )
+            item = f"{type_name}/{resource_id or '(new)'}"
+            reason = f"refused at the door: the patient opposed {which}"
+            facts.record(Authorization(pid, item, False, reason, (decision.consent_id,)))
+            raise Unprocessable(
+                f"patient opposed to {which}; keep the exam locally (Consent/{decision.consent_id})"
+            )
 
 
 def local_reference(reference: Any) -> tuple[str, str] | None:

@@ -14,7 +14,14 @@ from app.fhir.naming import NAMESPACE_SYSTEM, RPPS_SYSTEMS, SITE_ID_SYSTEM, ipp_
 from app.fhir.values import now_utc
 from app.identity.vigilance import Vigilance
 from app.policy.breakglass import Grant, read_grant
-from app.policy.consent import DENY_KINDS, ENFORCED_KINDS, KIND_SYSTEM, Decision, decision
+from app.policy.consent import (
+    DENY_KINDS,
+    ENFORCED_KINDS,
+    KIND_SYSTEM,
+    Decision,
+    Denies,
+    decision,
+)
 from app.policy.seam import local_reference
 from app.storage.repository import Repository, Stored
 from app.storage.tables import INDEX_TABLES, RESOURCE
@@ -38,6 +45,7 @@ class RequestFacts:
         self._resources: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._any_consent: bool | None = None
         self._consents: dict[frozenset[str], list[Decision]] = {}
+        self._denies: dict[frozenset[str], Denies] = {}
         self._grants: dict[str, dict[str, Grant]] = {}
 
     def on_write(self, stored: Stored) -> None:
@@ -48,6 +56,7 @@ class RequestFacts:
         if stored.type == "Consent":
             self._any_consent = None
             self._consents.clear()
+            self._denies.clear()
         elif stored.type == "Organization":
             self._sites.clear()
             self._registered = None
@@ -56,6 +65,7 @@ class RequestFacts:
         elif stored.type == "Patient":
             self._known.clear()
             self._consents.clear()
+            self._denies.clear()
 
     def site_namespaces(self, site_id: str) -> set[str]:
         """The site's declared namespaces (site registry), and always its default one."""
@@ -145,6 +155,20 @@ class RequestFacts:
             found = [decision(s.resource) for s in consents if s.content is not None]
             self._consents[records] = [d for d in found if d.active and d.kind in ENFORCED_KINDS]
         return self._consents[records]
+
+    def denies_of(self, patient_id: str) -> Denies:
+        """The active denies of this record's person, indexed for the per-item decisions."""
+        records = frozenset(self.records_of_person(patient_id))
+        if records not in self._denies:
+            self._denies[records] = Denies.of(self.consents_of(patient_id))
+        return self._denies[records]
+
+    def remember(self, found: list[Stored]) -> None:
+        """Current versions this request has read anyway (a search page): `lookup` answers
+        them without asking the database again (a report's study, decided with its page)."""
+        for stored in found:
+            if not stored.deleted and stored.content is not None:
+                self._resources.setdefault((stored.type, stored.id), stored.resource)
 
     def grants(self, subject: str) -> dict[str, Grant]:
         """The open break-glass grants of this caller, by Patient record: a grant opens every

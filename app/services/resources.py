@@ -483,6 +483,7 @@ class ResourceService:
         if query.snapshot is None:
             query.snapshot = self.repo.max_pk()
         found, total = self.repo.search(query)
+        self.facts.remember(found)
         if type_name == "Patient":
             self.identity.prefetch(s.id for s in found)
         matches = [s for s in found if self.visible(s)]
