@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import false, select
+from sqlalchemy import false, select, text
 
 from app.audit.balp import SUBJECT_SYSTEM, Authorization
 from app.fhir.naming import NAMESPACE_SYSTEM, RPPS_SYSTEMS, SITE_ID_SYSTEM, ipp_system, rpps
@@ -25,6 +25,23 @@ from app.policy.consent import (
 from app.policy.seam import local_reference
 from app.storage.repository import Repository, Stored
 from app.storage.tables import INDEX_TABLES, RESOURCE
+
+# "Is some active deny stored?", with its constants written into the SQL: bound parameters let
+# PostgreSQL settle on a generic plan after a few runs, one that walks every `status = active`
+# token (45-56 ms a request with 2.5M Consents, against 0.07 ms planned for these values). The
+# kind first (few rows, then stop at the first), its status and liveness checked per row.
+_TOKEN = INDEX_TABLES["token"].name
+_ANY_ACTIVE_DENY = text(
+    f"SELECT 1 FROM {_TOKEN} kind JOIN {RESOURCE.name} r ON r.pk = kind.resource_pk"
+    " WHERE kind.resource_type = 'Consent' AND kind.param = 'category'"
+    f" AND kind.system = '{KIND_SYSTEM}'"
+    f" AND kind.code IN ({', '.join(repr(k) for k in sorted(DENY_KINDS))})"
+    " AND NOT r.deleted"
+    f" AND EXISTS (SELECT 1 FROM {_TOKEN} status WHERE status.resource_pk = kind.resource_pk"
+    " AND status.resource_type = 'Consent' AND status.param = 'status'"
+    " AND status.code = 'active')"
+    " LIMIT 1"
+)
 
 
 class RequestFacts:
@@ -122,24 +139,7 @@ class RequestFacts:
         probe per request): without one, no item needs a consent decision."""
         if self._any_consent is None:
             self.repo.flush()
-            status = INDEX_TABLES["token"].alias("status")
-            kind = INDEX_TABLES["token"].alias("kind")
-            found = self.repo.session.execute(
-                select(status.c.resource_pk)
-                .join(kind, kind.c.resource_pk == status.c.resource_pk)
-                .join(RESOURCE, RESOURCE.c.pk == status.c.resource_pk)
-                .where(
-                    status.c.resource_type == "Consent",
-                    status.c.param == "status",
-                    status.c.code == "active",
-                    kind.c.resource_type == "Consent",
-                    kind.c.param == "category",
-                    kind.c.system == KIND_SYSTEM,
-                    kind.c.code.in_(sorted(DENY_KINDS)),
-                    RESOURCE.c.deleted == false(),
-                )
-                .limit(1)
-            ).first()
+            found = self.repo.session.execute(_ANY_ACTIVE_DENY).first()
             self._any_consent = found is not None
         return self._any_consent
 
