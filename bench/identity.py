@@ -722,10 +722,19 @@ def free_port() -> int:
 class Server:
     """One `rix serve` subprocess."""
 
-    def __init__(self, url: str, data_dir: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        log_name: str = "server.log",
+    ) -> None:
+        """`env`: more RIX_ settings for this server (e.g. RIX_CONSENT_ENFORCEMENT=false);
+        `log_name`: its log file in `data_dir` (two servers on one data dir: two logs)."""
         self.url, self.data_dir = url, data_dir
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data_dir / "server.log"
+        self.log = data_dir / log_name
 
     def start(self) -> str:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RIX_")}
@@ -735,6 +744,7 @@ class Server:
             RIX_DATA_DIR=str(self.data_dir),
             RIX_LOG_LEVEL="warning",
         )
+        env.update(self.extra_env)
         port = free_port()
         rix = Path(sys.executable).with_name("rix")
         with self.log.open("wb") as log:

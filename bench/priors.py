@@ -3,6 +3,10 @@
 Target (issue): ``$priors`` for a patient with 50 studies across 3 sites, database of 1M studies
 on PostgreSQL: p95 <= 50 ms.
 
+Target (issue 6): ``$priors`` and the ImagingStudy search with consent enforcement on vs off
+(10 Consents per patient, 1M studies, PostgreSQL): overhead <= 10% (``--consents-per-patient
+10 --enforcement both``).
+
 What it does, in order (database handling, loader processes, server and statistics are those of
 ``bench/identity.py``, imported from it):
 
@@ -42,7 +46,35 @@ What it does, in order (database handling, loader processes, server and statisti
      DocumentReference of a DICOM KOS (application/dicom, format 1.2.840.10008.5.1.4.1.1.88.59),
      linked to its study like a report. The plain search includes it (``_revinclude``);
      ``$priors`` leaves it out (it brings reports). In production every study registered
-     through MHD has one: run with ``--manifest-share 1`` to see their cost.
+     through MHD has one: run with ``--manifest-share 1`` to see their cost;
+   - ``--consents-per-patient N`` (default 0) RIX Consents (profiles/README.md; each declares
+     its kind profile, carries a registry decision identifier, scope patient-privacy, LOINC
+     59284-0 + consent-kind categories, ``dateTime`` 2018-2025, performer the patient,
+     organization the record's site, ``policyRule`` OPTOUT) for EVERY Patient record, the
+     targets' included, written right after the record in its transaction. Slot by slot (N < 10
+     takes the first N; beyond 10, more slots like 1-6):
+
+     ====  =======================================================================================
+     0     active exam opposition of ONE exam: for a target's record, the record's first study
+           (so exactly one covered study per target record, 3 per target person); otherwise an
+           exam not in RIX. Emergency permit (ETREAT + BTG) on even record numbers.
+     1-6   active exam oppositions of exams NOT in RIX (registries send oppositions for exams not
+           registered yet): one exam each, two for slots 2 and 5; emergency permit on odd slots
+     7     withdrawn (``inactive``) exam opposition: a target record's second study (which must
+           stay visible), otherwise an exam not in RIX
+     8     withdrawn (``inactive``) opposition (all exams)
+     9     active external-diffusion permit (share code) of one exam by Study UID, valid 30, 90
+           or 365 days: a target record's third study, otherwise an exam not in RIX
+     ====  =======================================================================================
+
+     Exams are named in turn (record number + slot) by literal reference ``ImagingStudy/<id>``
+     (the targets' studies get fixed ids for it), by Study Instance UID (``urn:dicom:uid``), or
+     by accession number (ACSN + the site's accession issuer); an exam not in RIX has a random
+     id and UID and a 12-character accession (loaded ones have 10). So with N = 10 a person
+     holds 7 active denies per record (21 for a target's three records) that every one of its
+     studies and documents is checked against, and only the first study of each record is
+     covered. Withdrawals are stored as their ``inactive`` version directly (the earlier active
+     version is not written first).
 
    Everything is written by ``Repository(session, registry).create`` in ``--procs`` processes
    (``Runtime.build(settings)`` sessions), ``--batch`` Patient records (with their studies and
@@ -61,17 +93,29 @@ What it does, in order (database handling, loader processes, server and statisti
       _sort=-started&_revinclude=DocumentReference:related&_count=<target studies>``;
 
    each as ``admin`` and as a ``radiologist`` of the queried record's site (``--roles``: the
-   policy lets a clinical role read a Patient known at its organisation, and the studies and
-   documents without restriction for now). Every answer is checked against the database: all
-   the person's studies (every record, the 3 sites), in the server's order (``started``
-   descending, then creation order), the included DocumentReferences exactly the studies'
-   reports (and manifests); for ``$priors`` also the has-report flag of each study, its
-   producing site (the Organization of its record's site), the 3 site Organizations and RIX's
-   Endpoint included. p50/p95/p99 per kind and role, response size, load average;
+   policy lets a clinical role see a person known at its organisation, through the identity
+   links: all 3 records' studies; his site produced only a third of them). Every answer is
+   checked against the database: all the person's studies (every record, the 3 sites), in the
+   server's order (``started`` descending, then creation order), the included
+   DocumentReferences exactly the studies' reports (and manifests); for ``$priors`` also the
+   has-report flag of each study, its producing site (the Organization of its record's site),
+   the site Organizations and RIX's Endpoint included. With consent enforcement on, less the
+   studies an active deny of the person covers (read from the stored Consents by this script,
+   independently of ``app.policy.consent``) and their documents, unless the caller is of the
+   study's producing site: admin (no site) misses all 3 covered studies of a target, the
+   radiologist the 2 of the other sites' records; a ``Bundle.total``, when given, counts only
+   what is shown (hidden = missing). With enforcement off nothing is missing. p50/p95/p99 per
+   kind and role, response size, load average.
+
+   ``--enforcement on|off|both`` (default on): the server's ``RIX_CONSENT_ENFORCEMENT``. With
+   ``both``, two servers on the same database, one of each; every request goes to both, one
+   right after the other, the first alternating, so that machine drift and other work hit both
+   sides alike; the overhead (on / off - 1) of p50, p95, p99 and mean per kind and role.
+   ``--profile DIR`` records each server with py-spy during the measurement (raw stacks);
 4. with the server stopped (``--sql-queries``, 0: skip): the same two operations in process
    (``Runtime.resources`` as admin, then the Bundle rendered and serialised as the route does),
    every SQL statement they send recorded with its duration, and ``EXPLAIN (ANALYZE, BUFFERS)``
-   of each SELECT;
+   of each SELECT; for each enforcement side measured;
 5. writes a JSON summary ``bench/out/priors_<studies>_<stamp>.json`` and drops the database
    unless ``--keep-db`` or ``--reuse-db``.
 
@@ -81,6 +125,11 @@ Examples::
     python bench/priors.py --studies 1000000 --keep-db rix_bench_priors_1m
     python bench/priors.py --reuse-db rix_bench_priors_1m --queries 1000 --roles admin
     python bench/priors.py --drop rix_bench_priors_1m
+    # consent enforcement overhead (issue 6): load once, then measure on vs off, several times
+    python bench/priors.py --studies 1000000 --consents-per-patient 10 --manifest-share 0 \
+        --keep-db rix_bench_consent_1m --load-only
+    python bench/priors.py --reuse-db rix_bench_consent_1m --enforcement both --queries 300
+    python bench/priors.py --studies 20000 --consents-per-patient 10 --enforcement both
 """
 
 from __future__ import annotations
@@ -92,7 +141,9 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -136,6 +187,26 @@ STARTED_FIRST = datetime(2000, 1, 1)
 STARTED_SECONDS = int((datetime(2026, 7, 1) - STARTED_FIRST).total_seconds())
 TARGET_NUMBER = 99_000_000  # targets' person numbers (their INS), beyond the population's
 TARGETS_MS = {"priors_admin": 50.0, "priors_radiologist": 50.0}
+CONSENT_KIND = "https://fhir.rix.example/CodeSystem/consent-kind"
+CONSENT_PROFILE = "https://fhir.rix.example/StructureDefinition/rix-consent-"
+DECISION_SYSTEM = "https://registre-imagerie.example/decision"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+# The Consents of one Patient record, slot by slot (--consents-per-patient N takes the first N;
+# beyond 10, more active exam oppositions of exams not in RIX): see the module docstring.
+CONSENT_SLOTS = (
+    "covered",
+    "absent",
+    "absent",
+    "absent",
+    "absent",
+    "absent",
+    "absent",
+    "withdrawn-exam",
+    "withdrawn-all",
+    "diffusion",
+)
+NAMINGS = ("reference", "uid", "accession")
+OVERHEAD_TARGET = 0.10  # consent enforcement on vs off: at most +10%
 KINDS = ("priors", "search")
 ROLES = ("admin", "radiologist")
 
@@ -286,6 +357,201 @@ def make_manifest(
     }
 
 
+_KIND_DISPLAY = {
+    "opposition": "Opposition to regional sharing",
+    "exam-opposition": "Opposition to sharing of chosen exams",
+    "external-diffusion": "Consent to external diffusion",
+}
+
+
+def _exam_reference(naming: str, exam: dict[str, str]) -> dict[str, Any]:
+    """`provision.data.reference` naming an exam (RIX Consent profiles, "Naming an exam"):
+    literal `ImagingStudy/<id>`, Study Instance UID, or accession number with its issuer."""
+    if naming == "reference":
+        return {"reference": f"ImagingStudy/{exam['id']}"}
+    if naming == "uid":
+        return {
+            "type": "ImagingStudy",
+            "identifier": {"system": DICOM_UID, "value": f"urn:oid:{exam['uid']}"},
+        }
+    return {
+        "type": "ImagingStudy",
+        "identifier": {
+            "type": {"coding": [{"system": idb.V2_0203, "code": "ACSN"}]},
+            "system": exam["accession_system"],
+            "value": exam["accession"],
+        },
+    }
+
+
+def absent_exam(rng: random.Random, site: str) -> dict[str, str]:
+    """An exam that is not in RIX (not registered yet): its id, Study UID and accession number
+    cannot be those of a loaded study (12-character accessions; loaded ones have 10)."""
+    return {
+        "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "uid": f"2.25.{rng.getrandbits(122)}",
+        "accession": f"8{rng.randrange(10**11):011d}",
+        "accession_system": ACCESSION_PREFIX + site,
+    }
+
+
+def make_consent(
+    rng: random.Random,
+    cfg: dict[str, Any],
+    site: str,
+    patient_id: str,
+    kind: str,
+    *,
+    active: bool = True,
+    exams: list[tuple[str, dict[str, str]]] | None = None,
+    emergency: bool = False,
+) -> dict[str, Any]:
+    """A RIX Consent (profiles/README.md) of one Patient record, as a registry sends it: the
+    kind profile, the registry's decision identifier, scope, LOINC + kind categories,
+    `dateTime`, performer (the patient), the recording site, `policyRule` OPTOUT, and the
+    provision: `deny` (with `data` for an exam opposition, the emergency permit when asked) or
+    the external-diffusion `permit` with its validity period."""
+    taken = datetime(2018, 1, 1) + timedelta(seconds=rng.randrange(8 * 365 * 86400))
+    offset = "+02:00" if 4 <= taken.month <= 10 else "+01:00"
+    provision: dict[str, Any] = {"type": "permit" if kind == "external-diffusion" else "deny"}
+    if exams:
+        provision["data"] = [
+            {"meaning": "dependents", "reference": _exam_reference(naming, exam)}
+            for naming, exam in exams
+        ]
+    if kind == "external-diffusion":
+        start = taken.date()
+        provision["period"] = {
+            "start": start.isoformat(),
+            "end": (start + timedelta(days=rng.choice((30, 90, 365)))).isoformat(),
+        }
+    elif emergency:
+        provision["provision"] = [
+            {
+                "type": "permit",
+                "purpose": [
+                    {"system": ACT_REASON, "code": "ETREAT", "display": "Emergency Treatment"},
+                    {"system": ACT_REASON, "code": "BTG", "display": "break the glass"},
+                ],
+            }
+        ]
+    return {
+        "resourceType": "Consent",
+        "meta": {"profile": [CONSENT_PROFILE + kind]},
+        "identifier": [
+            {"system": DECISION_SYSTEM, "value": f"D-{taken.year}-{rng.getrandbits(40):010x}"}
+        ],
+        "status": "active" if active else "inactive",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                    "display": "Privacy Consent",
+                }
+            ]
+        },
+        "category": [
+            {"coding": [{"system": LOINC, "code": "59284-0"}]},
+            {"coding": [{"system": CONSENT_KIND, "code": kind, "display": _KIND_DISPLAY[kind]}]},
+        ],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "dateTime": taken.strftime("%Y-%m-%dT%H:%M:%S") + offset,
+        "performer": [{"reference": f"Patient/{patient_id}"}],
+        "organization": [{"reference": f"Organization/{cfg['orgs'][site]}"}],
+        "policyRule": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}
+            ]
+        },
+        "provision": provision,
+    }
+
+
+def record_consents(
+    rng: random.Random,
+    cfg: dict[str, Any],
+    site: str,
+    patient_id: str,
+    n: int,
+    number: int,
+    real: list[dict[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """The `n` Consents of a Patient record (record `number`: it rotates the ways exams are
+    named). `real`: for a target's record, its exams in RIX (the first is covered by the active
+    exam opposition of slot 0, the second named by the withdrawn one, the third by the
+    external-diffusion permit); otherwise every exam named is absent from RIX."""
+    real = real or []
+    out = []
+    for i in range(n):
+        slot = CONSENT_SLOTS[i] if i < len(CONSENT_SLOTS) else "absent"
+        naming = NAMINGS[(number + i) % len(NAMINGS)]
+        if slot == "covered":
+            exam = real[0] if real else absent_exam(rng, site)
+            out.append(
+                make_consent(
+                    rng, cfg, site, patient_id, "exam-opposition", exams=[(naming, exam)],
+                    emergency=number % 2 == 0,
+                )
+            )  # fmt: skip
+        elif slot == "absent":
+            # one exam, or two named two ways (a registry's form may list several exams)
+            exams = [(naming, absent_exam(rng, site))]
+            if i % 3 == 2:
+                exams.append((NAMINGS[(number + i + 1) % 3], absent_exam(rng, site)))
+            out.append(
+                make_consent(
+                    rng, cfg, site, patient_id, "exam-opposition", exams=exams,
+                    emergency=i % 2 == 1,
+                )
+            )  # fmt: skip
+        elif slot == "withdrawn-exam":
+            exam = real[1] if len(real) > 1 else absent_exam(rng, site)
+            out.append(
+                make_consent(
+                    rng, cfg, site, patient_id, "exam-opposition", active=False,
+                    exams=[(naming, exam)],
+                )
+            )  # fmt: skip
+        elif slot == "withdrawn-all":
+            out.append(make_consent(rng, cfg, site, patient_id, "opposition", active=False))
+        else:
+            exam = real[2] if len(real) > 2 else absent_exam(rng, site)
+            out.append(
+                make_consent(
+                    rng, cfg, site, patient_id, "external-diffusion", exams=[("uid", exam)]
+                )
+            )
+    return out
+
+
+def target_study(
+    seed: int, cfg: dict[str, Any], tp: dict[str, Any], t: int, s: int
+) -> dict[str, Any]:
+    """Target `t`'s study `s`: its record k, site, fixed id (so that a Consent can name it by
+    literal reference before it is stored), rng, accession and Study UID."""
+    k = s % cfg["target_sites"]
+    site = idb.site_name(tp["sites"][k])
+    accession = f"9{t:04d}{s:05d}"
+    sid = str(
+        uuid.UUID(
+            int=random.Random(f"priors-target-study-id-{seed}-{t}-{s}").getrandbits(128), version=4
+        )
+    )
+    probe = make_study(
+        random.Random(f"priors-target-study-{seed}-{t}-{s}"), cfg, site, tp["ids"][k], accession
+    )
+    return {
+        "k": k,
+        "site": site,
+        "id": sid,
+        "uid": probe["identifier"][0]["value"].removeprefix("urn:oid:"),
+        "accession": accession,
+        "accession_system": ACCESSION_PREFIX + site,
+        "rng": random.Random(f"priors-target-study-{seed}-{t}-{s}"),
+    }
+
+
 def target_person(seed: int, t: int, n_sites: int) -> dict[str, Any]:
     """Target person `t`: a person of the population with a trusted (VALI) INS, its sites and
     the logical ids of its records (fixed, so that any transaction may refer to them)."""
@@ -364,35 +630,63 @@ def _load_chunk(job: tuple[Any, ...]) -> tuple[int, int, float, float]:
             targets[t] = target_person(seed, t, cfg["target_sites"])
         return targets[t]
 
-    patients: list[tuple[dict[str, Any], str | None]] = [(r, None) for r in population]
+    # (resource, fixed id, record number, target (t, k))
+    patients: list[tuple[dict[str, Any], str | None, int, tuple[int, int] | None]] = [
+        (r, None, chunk * cfg["batch"] + j, None) for j, r in enumerate(population)
+    ]
     for t, k in target_records:
         tp = target(t)
         record = cfg["others"] + t * cfg["target_sites"] + k
         rng = random.Random(f"priors-target-record-{seed}-{t}-{k}")
-        patients.append((idb._patient(rng, tp["person"], tp["sites"][k], record), tp["ids"][k]))
+        resource = idb._patient(rng, tp["person"], tp["sites"][k], record)
+        patients.append((resource, tp["ids"][k], record, (t, k)))
     rng = random.Random(seed * 1_000_033 + chunk)
+    crng = random.Random(f"priors-consents-{seed}-{chunk}")  # apart: the studies stay the same
+    n_consents = cfg["consents"]
     gen += time.perf_counter() - t0
     rt = idb._LOADER["rt"]
     written = 0
     with transaction(rt.sessions, write=True) as session:
         repo = Repository(session, rt.registry)
         traits = []
-        # (site, patient id, rng of the study, accession)
-        work: list[tuple[str, str, random.Random, str]] = []
-        for (resource, rid), n in zip(patients, [*counts, *[0] * len(target_records)], strict=True):
+        # (site, patient id, rng of the study, accession, fixed id)
+        work: list[tuple[str, str, random.Random, str, str | None]] = []
+        counts_ = [*counts, *[0] * len(target_records)]
+        for (resource, rid, number, tk), n in zip(patients, counts_, strict=True):
             stored = repo.create(resource, rid)
             traits.append(traits_of(stored.id, resource))
-            work += [(_site_of(resource), stored.id, rng, "")] * n
+            site = _site_of(resource)
+            work += [(site, stored.id, rng, "", None)] * n
+            if n_consents:
+                t1 = time.perf_counter()
+                real = []
+                if tk is not None:  # a target's record: its first three studies are named
+                    t, k = tk
+                    ts = cfg["target_sites"]
+                    real = [
+                        target_study(seed, cfg, target(t), t, s)
+                        for s in (k, k + ts, k + 2 * ts)
+                        if s < cfg["target_studies"]
+                    ]
+                consents = record_consents(crng, cfg, site, stored.id, n_consents, number, real)
+                gen += time.perf_counter() - t1
+                for c in consents:
+                    if number == chunk * cfg["batch"]:
+                        validate(c, "Consent")
+                    repo.create(c)
+                    written += 1
         rng.shuffle(work)
         for t, s in target_studies:
-            tp = target(t)
-            k = s % cfg["target_sites"]
-            srng = random.Random(f"priors-target-study-{seed}-{t}-{s}")
-            site = idb.site_name(tp["sites"][k])
-            work.insert(
-                rng.randrange(len(work) + 1), (site, tp["ids"][k], srng, f"9{t:04d}{s:05d}")
+            ts_ = target_study(seed, cfg, target(t), t, s)
+            item = (
+                ts_["site"],
+                target(t)["ids"][ts_["k"]],
+                ts_["rng"],
+                ts_["accession"],
+                ts_["id"],
             )
-        for i, (site, patient_id, srng, accession) in enumerate(work):
+            work.insert(rng.randrange(len(work) + 1), item)
+        for i, (site, patient_id, srng, accession, sid) in enumerate(work):
             t1 = time.perf_counter()
             study = make_study(srng, cfg, site, patient_id, accession or f"{chunk:05d}{i:05d}")
             report = srng.random() < cfg["report_share"]
@@ -400,7 +694,7 @@ def _load_chunk(job: tuple[Any, ...]) -> tuple[int, int, float, float]:
             gen += time.perf_counter() - t1
             if i == 0:
                 validate(study, "ImagingStudy")
-            stored = repo.create(study)
+            stored = repo.create(study, sid)
             written += 1
             docs = []
             if manifest:
@@ -501,10 +795,13 @@ def load(url: str, data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         "listed": args.listed_instances,
         "orgs": found["orgs"],
         "endpoint": found["endpoint"],
+        "consents": args.consents_per_patient,
+        "target_studies": args.target_studies,
     }
     print(
         f"load: {args.patients:,} Patients, {args.studies:,} ImagingStudies ({args.targets} "
-        f"target persons x {args.target_studies} studies at {args.target_sites} sites) in "
+        f"target persons x {args.target_studies} studies at {args.target_sites} sites), "
+        f"{args.consents_per_patient} Consents per Patient in "
         f"{len(jobs)} transactions, {args.procs} processes (plan {time.perf_counter() - t0:.1f} s)",
         flush=True,
     )
@@ -643,17 +940,30 @@ def expected_targets(url: str) -> list[dict[str, Any]]:
                 {"ids": list(subject_of)},
             ).all()
             reports, manifests, reported = set(), set(), set()
+            study_of_doc: dict[str, str] = {}
             for rid, content in docs:
                 doc = json.loads(content)
                 if doc.get("status") in ("superseded", "entered-in-error"):
                     continue
+                for related in doc["context"]["related"]:
+                    if related.get("reference", "").startswith("ImagingStudy/"):
+                        study_of_doc[rid] = related["reference"].split("/", 1)[1]
                 if is_manifest(doc):
                     manifests.add(rid)
                     continue
                 reports.add(rid)
-                for related in doc["context"]["related"]:
-                    if related.get("reference", "").startswith("ImagingStudy/"):
-                        reported.add(related["reference"].split("/", 1)[1])
+                if rid in study_of_doc:
+                    reported.add(study_of_doc[rid])
+            consents = q(
+                "SELECT r.content FROM sp_reference x JOIN resource r ON r.pk = x.resource_pk "
+                "WHERE x.resource_type = 'Consent' AND x.param = 'patient' "
+                "AND x.target_type = 'Patient' AND x.target_id = ANY(%(ids)s) AND NOT r.deleted",
+                {"ids": list(members)},
+            ).all()
+            covered = covered_studies(
+                [json.loads(c) for (c,) in consents],
+                {rid: json.loads(content) for _pk, rid, content in studies},
+            )
             out.append(
                 {
                     "person": person,
@@ -665,6 +975,9 @@ def expected_targets(url: str) -> list[dict[str, Any]]:
                     "manifests": manifests,
                     "reported": reported,
                     "endpoint": found["endpoint"],
+                    "study_of_doc": study_of_doc,
+                    "consents": len(consents),
+                    "covered": covered,
                 }
             )
     engine.dispose()
@@ -684,37 +997,106 @@ def _ext(resource: dict[str, Any], url: str) -> Any:
     )
 
 
-def check(kind: str, target: dict[str, Any], body: dict[str, Any]) -> int:
-    """Raise unless the Bundle is exactly the target's priors; the included count."""
+def covered_studies(consents: list[dict[str, Any]], studies: dict[str, dict[str, Any]]) -> set[str]:
+    """The studies (ids) an active deny of these Consents covers, read here independently of
+    `app.policy.consent`: an opposition covers them all; an exam opposition the studies it names
+    by literal reference, Study Instance UID, or accession number (same issuer, or none given)."""
+    refs: set[str] = set()
+    uids: set[str] = set()
+    accessions: set[tuple[str | None, str]] = set()
+    everything = False
+    for c in consents:
+        if c.get("status") != "active" or c.get("provision", {}).get("type") != "deny":
+            continue
+        kinds = {
+            coding.get("code")
+            for category in c.get("category", [])
+            for coding in category.get("coding", [])
+            if coding.get("system") == CONSENT_KIND
+        }
+        everything = everything or kinds == {"opposition"}
+        if kinds != {"exam-opposition"}:
+            continue
+        for data in c["provision"].get("data", []):
+            ref = data.get("reference", {})
+            ident = ref.get("identifier") or {}
+            if "reference" in ref:
+                refs.add(ref["reference"])
+            elif ident.get("system") == DICOM_UID:
+                uids.add(ident["value"])
+            elif any(t.get("code") == "ACSN" for t in ident.get("type", {}).get("coding", [])):
+                accessions.add((ident.get("system"), ident["value"]))
+    out = set()
+    for rid, study in studies.items():
+        idents = study.get("identifier", [])
+        named = (
+            everything
+            or f"ImagingStudy/{rid}" in refs
+            or any(i.get("system") == DICOM_UID and i.get("value") in uids for i in idents)
+            or any(
+                (system, i.get("value")) in accessions
+                for i in idents
+                if any(t.get("code") == "ACSN" for t in i.get("type", {}).get("coding", []))
+                for system in (i.get("system"), None)
+            )
+        )
+        if named:
+            out.add(rid)
+    return out
+
+
+def hidden_for(target: dict[str, Any], site: str | None, enforced: bool) -> frozenset[str]:
+    """The studies a caller must not get: with enforcement, the covered ones whose record is
+    not at the caller's site (`site` None: a caller of no site, such as admin, gets none)."""
+    if not enforced:
+        return frozenset()
+    return frozenset(
+        s for s in target["covered"] if target["site_of"][target["subject_of"][s]][1] != site
+    )
+
+
+def check(
+    kind: str, target: dict[str, Any], body: dict[str, Any], hidden: frozenset[str] = frozenset()
+) -> int:
+    """Raise unless the Bundle is exactly the target's priors without the `hidden` studies
+    (and their documents); the included count."""
     entries = body.get("entry", [])
     matches = [e["resource"] for e in entries if e["search"]["mode"] == "match"]
     included = [e["resource"] for e in entries if e["search"]["mode"] == "include"]
     ids = [m["id"] for m in matches]
+    order = [s for s in target["order"] if s not in hidden]
     problems = []
-    if ids != target["order"]:
+    if ids != order:
         problems.append(
-            f"studies {len(ids)} (want {len(target['order'])}), same set "
-            f"{set(ids) == set(target['order'])}, same order {ids == target['order']}"
+            f"studies {len(ids)} (want {len(order)}, {len(hidden)} hidden), same set "
+            f"{set(ids) == set(order)}, same order {ids == order}, hidden ones present "
+            f"{sorted(hidden & set(ids))}, missing {sorted(set(order) - set(ids))}"
         )
-    if body.get("total") != len(target["order"]):
-        problems.append(f"total {body.get('total')}")
+    # Hidden = missing: a total, when given, counts only what the caller sees (whether one is
+    # given for a caller whose items are decided one by one is app.services.resources' rule)
+    if body.get("total") not in (None, len(order)):
+        problems.append(f"total {body.get('total')} (want {len(order)} or none)")
     if any(m["resourceType"] != "ImagingStudy" for m in matches):
         problems.append("a match is not an ImagingStudy")
     docs = {r["id"] for r in included if r["resourceType"] == "DocumentReference"}
     # $priors brings the reports only; the search brings the manifests too (as _revinclude asks).
     manifests = target["manifests"] if kind == "search" else set()
-    if docs != target["reports"] | manifests:
+    want_docs = {
+        d for d in target["reports"] | manifests if target["study_of_doc"].get(d) not in hidden
+    }
+    if docs != want_docs:
         problems.append(
-            f"DocumentReferences {len(docs)} (want {len(target['reports'])} reports + "
-            f"{len(manifests)} manifests)"
+            f"DocumentReferences {len(docs)} (want {len(want_docs)}: reports + "
+            f"{len(manifests)} manifests, less those of hidden studies)"
         )
     subjects = {m["subject"]["reference"].split("/", 1)[1] for m in matches}
-    if subjects != set(target["members"]):
+    if subjects != {target["subject_of"][s] for s in order}:
         problems.append(f"subjects {sorted(subjects)} (want {target['members']})")
     if kind == "priors":
+        reported = target["reported"] - hidden
         flags = {m["id"] for m in matches if _ext(m, HAS_REPORT_URL) is True}
-        if flags != target["reported"] or any(_ext(m, HAS_REPORT_URL) is None for m in matches):
-            problems.append(f"has-report on {len(flags)} studies (want {len(target['reported'])})")
+        if flags != reported or any(_ext(m, HAS_REPORT_URL) is None for m in matches):
+            problems.append(f"has-report on {len(flags)} studies (want {len(reported)})")
         wrong_site = [
             m["id"]
             for m in matches
@@ -724,7 +1106,7 @@ def check(kind: str, target: dict[str, Any], body: dict[str, Any]) -> int:
         if wrong_site:
             problems.append(f"producing site wrong on {len(wrong_site)} studies")
         orgs = {r["id"] for r in included if r["resourceType"] == "Organization"}
-        want_orgs = {v[0] for v in target["site_of"].values()}
+        want_orgs = {target["site_of"][target["subject_of"][s]][0] for s in order}
         if orgs != want_orgs or len(orgs) < 3:
             problems.append(f"site Organizations {len(orgs)} (want {len(want_orgs)})")
         endpoints = {r["id"] for r in included if r["resourceType"] == "Endpoint"}
@@ -752,46 +1134,79 @@ def request_of(kind: str, record: str, count: int) -> tuple[str, list[tuple[str,
 
 
 def measure_api(
-    base: str,
+    bases: dict[str, str],
     tokens: dict[str, str],
     targets: list[dict[str, Any]],
     args: argparse.Namespace,
     kinds: tuple[str, ...],
     roles: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Sequential requests, kinds and roles interleaved, every answer checked."""
-    samples: dict[str, list[float]] = {f"{k}_{r}": [] for r in roles for k in kinds}
-    sizes: dict[str, list[int]] = {key: [] for key in samples}
-    included: dict[str, list[int]] = {key: [] for key in samples}
-    with httpx.Client(base_url=base, timeout=60, headers={"Accept": FHIR_JSON}) as http:
+    """Sequential requests, kinds and roles interleaved, every answer checked. `bases`: one
+    server per side (`on`, `off`: consent enforcement); with two, each request is sent to both,
+    one after the other, the first side alternating, so that machine drift hits both alike."""
+    sides = tuple(bases)
+    keys = [f"{k}_{r}" for r in roles for k in kinds]
+    samples: dict[str, dict[str, list[float]]] = {x: {k: [] for k in keys} for x in sides}
+    sizes: dict[str, dict[str, list[int]]] = {x: {k: [] for k in keys} for x in sides}
+    included: dict[str, dict[str, list[int]]] = {x: {k: [] for k in keys} for x in sides}
+    hidden_n: dict[str, dict[str, list[int]]] = {x: {k: [] for k in keys} for x in sides}
+    clients = {
+        x: httpx.Client(base_url=b, timeout=60, headers={"Accept": FHIR_JSON})
+        for x, b in bases.items()
+    }
+    try:
         for n in range(args.warmup + args.queries):
             target = targets[n % len(targets)]
             record = target["members"][(n // len(targets)) % len(target["members"])]
             count = max(args.target_studies, len(target["order"]))
             for role in roles:
-                token = tokens[target["site_of"][record][1] if role == "radiologist" else role]
+                site = target["site_of"][record][1] if role == "radiologist" else None
+                token = tokens[site if site else role]
                 for kind in kinds:
                     path, params = request_of(kind, record, count)
-                    t0 = time.perf_counter()
-                    response = http.get(
-                        path, params=tuple(params), headers={"Authorization": f"Bearer {token}"}
-                    )
-                    elapsed = time.perf_counter() - t0
-                    if response.status_code != 200:
-                        raise RuntimeError(
-                            f"GET {path} {params} as {role}: {response.status_code} "
-                            f"{response.text[:500]}"
+                    order = sides if (n + keys.index(f"{kind}_{role}")) % 2 == 0 else sides[::-1]
+                    for side in order:
+                        t0 = time.perf_counter()
+                        response = clients[side].get(
+                            path,
+                            params=tuple(params),
+                            headers={"Authorization": f"Bearer {token}"},
                         )
-                    n_included = check(kind, target, response.json())
-                    if n >= args.warmup:
-                        key = f"{kind}_{role}"
-                        samples[key].append(elapsed)
-                        sizes[key].append(len(response.content))
-                        included[key].append(n_included)
-    out: dict[str, Any] = {key: idb.percentiles(v) for key, v in samples.items()}
-    for key in samples:
-        out[key]["response_bytes_mean"] = round(statistics.fmean(sizes[key]))
-        out[key]["included_mean"] = round(statistics.fmean(included[key]), 1)
+                        elapsed = time.perf_counter() - t0
+                        if response.status_code != 200:
+                            raise RuntimeError(
+                                f"GET {path} {params} as {role} (enforcement {side}): "
+                                f"{response.status_code} {response.text[:500]}"
+                            )
+                        hidden = hidden_for(target, site, side == "on")
+                        try:
+                            n_included = check(kind, target, response.json(), hidden)
+                        except AssertionError as e:
+                            raise AssertionError(f"{role}, enforcement {side}: {e}") from None
+                        if n >= args.warmup:
+                            key = f"{kind}_{role}"
+                            samples[side][key].append(elapsed)
+                            sizes[side][key].append(len(response.content))
+                            included[side][key].append(n_included)
+                            hidden_n[side][key].append(len(hidden))
+    finally:
+        for client in clients.values():
+            client.close()
+    out: dict[str, Any] = {}
+    for side in sides:
+        out[side] = {key: idb.percentiles(v) for key, v in samples[side].items()}
+        for key in keys:
+            out[side][key]["response_bytes_mean"] = round(statistics.fmean(sizes[side][key]))
+            out[side][key]["included_mean"] = round(statistics.fmean(included[side][key]), 1)
+            out[side][key]["hidden_studies_mean"] = round(statistics.fmean(hidden_n[side][key]), 2)
+    if set(sides) == {"on", "off"}:
+        out["overhead"] = {
+            key: {
+                q: round(out["on"][key][q] / out["off"][key][q] - 1, 3)
+                for q in ("p50", "p95", "p99", "mean")
+            }
+            for key in keys
+        }
     return out
 
 
@@ -805,10 +1220,17 @@ def _label(statement: str) -> str:
 
 
 def measure_inprocess(
-    url: str, data_dir: Path, targets: list[dict[str, Any]], n: int, kinds: tuple[str, ...]
+    url: str,
+    data_dir: Path,
+    targets: list[dict[str, Any]],
+    n: int,
+    kinds: tuple[str, ...],
+    *,
+    enforced: bool = True,
 ) -> dict[str, Any]:
     """The operations without HTTP (admin): service time, rendering time, every SQL statement
-    (duration per call), and EXPLAIN (ANALYZE, BUFFERS) of each SELECT."""
+    (duration per call), and EXPLAIN (ANALYZE, BUFFERS) of each SELECT; `enforced`: the
+    settings' `consent_enforcement`."""
     from app.auth.tokens import default_scopes
     from app.fhir import jsonio
     from app.policy.principal import Principal
@@ -817,7 +1239,10 @@ def measure_inprocess(
     from app.services.runtime import Runtime
 
     base = "http://localhost:8080/fhir"
-    rt = Runtime.build(idb.settings_for(url, data_dir))
+    settings = idb.settings_for(url, data_dir)
+    if hasattr(settings, "consent_enforcement"):
+        settings = settings.model_copy(update={"consent_enforcement": enforced})
+    rt = Runtime.build(settings)
     scopes = tuple(default_scopes("admin"))
     admin = Principal(subject="bench-admin", name="Benchmark admin", role="admin", scopes=scopes)
     log: list[tuple[str, Any, float]] = []
@@ -897,6 +1322,8 @@ CODE_FILES = (
     "app/storage/repository.py",
     "app/identity/vigilance.py",
     "app/policy/seam.py",
+    "app/policy/consent.py",
+    "app/services/facts.py",
 )
 
 
@@ -920,6 +1347,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--listed-instances", type=int, default=5, help="instances listed per series (at most)"
     )
+    parser.add_argument(
+        "--consents-per-patient",
+        type=int,
+        default=0,
+        help="Consents loaded with every Patient record (see the docstring for the mix)",
+    )
+    parser.add_argument(
+        "--enforcement",
+        choices=("on", "off", "both"),
+        default="on",
+        help="consent enforcement of the server (RIX_CONSENT_ENFORCEMENT); both: two servers, "
+        "requests alternated between them, and the overhead on vs off",
+    )
+    parser.add_argument(
+        "--load-only", action="store_true", help="load (with --keep-db), describe, stop"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy record each server during the API measurement (raw stacks into DIR)",
+    )
     parser.add_argument("--queries", type=int, default=300, help="measured requests of each kind")
     parser.add_argument("--warmup", type=int, default=30, help="warm-up requests of each kind")
     parser.add_argument("--kinds", default=",".join(KINDS), help="priors,search")
@@ -939,6 +1388,8 @@ def main(argv: list[str] | None = None) -> int:
     roles = tuple(r for r in args.roles.split(",") if r)
     if set(kinds) - set(KINDS) or set(roles) - set(ROLES) or not kinds or not roles:
         parser.error(f"--kinds takes some of {', '.join(KINDS)}, --roles of {', '.join(ROLES)}")
+    if args.load_only and not args.keep_db:
+        parser.error("--load-only needs --keep-db")
     if args.drop:
         idb.drop_database(idb._db_name(args.drop))
         print(f"dropped {idb._db_name(args.drop)}")
@@ -970,7 +1421,17 @@ def main(argv: list[str] | None = None) -> int:
     result["database"] = name
     print(f"database: {name}", flush=True)
     data_dir = Path(tempfile.mkdtemp(prefix="rix-bench-priors-"))
-    server = idb.Server(url, data_dir)
+    sides = ("on", "off") if args.enforcement == "both" else (args.enforcement,)
+    servers = {
+        side: idb.Server(
+            url,
+            data_dir,
+            env={"RIX_CONSENT_ENFORCEMENT": "true" if side == "on" else "false"},
+            log_name=f"server-{side}.log",
+        )
+        for side in sides
+    }
+    profilers: list[subprocess.Popen[bytes]] = []
     studies = args.studies
     try:
         from app.storage.migrations import upgrade
@@ -981,6 +1442,8 @@ def main(argv: list[str] | None = None) -> int:
         result["contents"] = describe(url)
         studies = result["contents"]["resources"].get("ImagingStudy", 0)
         print(f"contents: {json.dumps(result['contents'])}", flush=True)
+        if args.load_only:
+            return 0
         targets = expected_targets(url)
         if not targets:
             raise RuntimeError("no target person (a person with 3 records) in the database")
@@ -990,10 +1453,12 @@ def main(argv: list[str] | None = None) -> int:
             "reports_mean": round(statistics.fmean(len(t["reports"]) for t in targets), 1),
             "manifests_mean": round(statistics.fmean(len(t["manifests"]) for t in targets), 1),
             "sites": sorted({len(set(t["site_of"].values())) for t in targets}),
+            "consents": sorted({t["consents"] for t in targets}),
+            "covered_studies": sorted({len(t["covered"]) for t in targets}),
         }
         print(f"targets: {json.dumps(result['targets'])}", flush=True)
-        base = server.start()
-        print(f"rix serve at {base}", flush=True)
+        bases = {side: server.start() for side, server in servers.items()}
+        print(f"rix serve (consent enforcement {bases})", flush=True)
         from app.auth.tokens import issue_dev_token
 
         settings = idb.settings_for(url, data_dir)
@@ -1012,35 +1477,87 @@ def main(argv: list[str] | None = None) -> int:
                 organization_id=site,
                 ttl=day,
             )
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for side, server in servers.items():
+                assert server.proc is not None
+                out_file = args.profile / f"server-{side}.txt"
+                profilers.append(
+                    subprocess.Popen(
+                        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                         str(server.proc.pid), "--subprocesses", "--format", "raw",
+                         "--rate", "200", "--output", str(out_file)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )  # fmt: skip
+            time.sleep(1)
         result["loadavg_measure_start"] = os.getloadavg()
         t0 = time.perf_counter()
-        api = measure_api(base, tokens, targets, args, kinds, roles)
+        api = measure_api(bases, tokens, targets, args, kinds, roles)
         result["api_seconds"] = round(time.perf_counter() - t0, 1)
-        server.stop()
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
+        for server in servers.values():
+            server.stop()
         result["loadavg_measure_end"] = os.getloadavg()
         result["api_ms"] = api
-        for key, value in api.items():
-            print(f"{key:>20}: {value}")
+        for side in sides:
+            for key, value in api[side].items():
+                print(f"{side:>3} {key:>20}: {value}")
         result["target_met"] = {
-            key: {"p95_ms": api[key]["p95"], "target_ms": ms, "met": api[key]["p95"] <= ms}
-            for key, ms in TARGETS_MS.items()
-            if key in api
+            side: {
+                key: {
+                    "p95_ms": api[side][key]["p95"],
+                    "target_ms": ms,
+                    "met": api[side][key]["p95"] <= ms,
+                }
+                for key, ms in TARGETS_MS.items()
+                if key in api[side]
+            }
+            for side in sides
         }
         print(f"target (p95): {json.dumps(result['target_met'])}", flush=True)
+        if "overhead" in api:
+            print(f"{'consent enforcement on vs off':<22} p50 / p95 / p99 ms (on | off), overhead")
+            for key, over in api["overhead"].items():
+                on, off = api["on"][key], api["off"][key]
+                print(
+                    f"  {key:<20} {on['p50']:6.1f} / {on['p95']:6.1f} / {on['p99']:6.1f} | "
+                    f"{off['p50']:6.1f} / {off['p95']:6.1f} / {off['p99']:6.1f}   "
+                    + " ".join(f"{q} {v:+.1%}" for q, v in over.items())
+                )
+            result["overhead_met"] = {
+                key: over["p50"] <= OVERHEAD_TARGET and over["p95"] <= OVERHEAD_TARGET
+                for key, over in api["overhead"].items()
+            }
+            print(f"overhead <= {OVERHEAD_TARGET:.0%} (p50 and p95): {result['overhead_met']}")
         if args.sql_queries:
-            sql = measure_inprocess(url, data_dir, targets, args.sql_queries, kinds)
-            result["inprocess"] = sql
-            for kind in kinds:
-                print(f"in process {kind}: service {sql[kind]['service_ms']}")
-                print(f"  SQL {sql[kind]['sql_ms']}")
-                print(f"  render+serialise {sql[kind]['render_ms']}")
-                for statement, ms in sql[kind]["statement_ms"].items():
-                    print(f"  {ms['calls']:>4} x {ms['p50']:7.3f} ms  {statement}")
-            for name_, plan_ in sql["plans"].items():
-                lines = plan_.split("\n\n", 1)[-1].splitlines()
-                print(f"EXPLAIN {name_}: {lines[0][:110]} | {lines[-1]}")
+            result["inprocess"] = {}
+            for side in sides:
+                sql = measure_inprocess(
+                    url, data_dir, targets, args.sql_queries, kinds, enforced=side == "on"
+                )
+                result["inprocess"][side] = sql
+                for kind in kinds:
+                    print(
+                        f"in process {kind}, enforcement {side}: service {sql[kind]['service_ms']}"
+                    )
+                    print(f"  SQL {sql[kind]['sql_ms']}")
+                    print(f"  render+serialise {sql[kind]['render_ms']}")
+                    for statement, ms in sql[kind]["statement_ms"].items():
+                        print(f"  {ms['calls']:>4} x {ms['p50']:7.3f} ms  {statement}")
+                for name_, plan_ in sql["plans"].items():
+                    lines = plan_.split("\n\n", 1)[-1].splitlines()
+                    print(f"EXPLAIN {name_}: {lines[0][:110]} | {lines[-1]}")
     finally:
-        server.stop()
+        for profiler in profilers:
+            if profiler.poll() is None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
+        for server in servers.values():
+            server.stop()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         path = idb.OUT / f"priors_{studies}_{stamp}.json"
         path.write_text(json.dumps(result, indent=1, default=str))
