@@ -74,7 +74,8 @@ class Vigilance:
 
     def person(self, patient_id: str) -> dict[str, Traits]:
         """The records of this record's person (itself included), with their traits: one
-        query, remembered for the request until a write changes identities."""
+        query, remembered for the request (for each of the person's records: they share it)
+        until a write changes identities."""
         if patient_id not in self._persons:
             asked = IDENTITY_RECORD.alias("asked")
             rows = self.session.execute(
@@ -82,7 +83,10 @@ class Vigilance:
                 .join(asked, asked.c.person_id == _REC.person_id)
                 .where(asked.c.patient_id == patient_id)
             )
-            self._persons[patient_id] = {row.patient_id: _traits(row) for row in rows}
+            records = {row.patient_id: _traits(row) for row in rows}
+            for record in records:
+                self._persons.setdefault(record, records)
+            self._persons[patient_id] = records
         return self._persons[patient_id]
 
     # -- reading --------------------------------------------------------------------------------
