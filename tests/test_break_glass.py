@@ -29,7 +29,7 @@ from app.services.breakglass import grant_task
 from tests.conftest import Token, other_app
 from tests.identity.support import BLOIS, INS_TEST, ROMORANTIN, TOURS, feed_id, patient, study
 from tests.mhd.support import binary
-from tests.test_care_relationship import INS, LENOIR, REPORT, _ids, _scene
+from tests.test_care_relationship import INS, LENOIR, REPORT, _agathe_items, _ids, _scene
 from tests.test_consent_enforcement import _status, opposition, record
 
 ACCESS_TASK = "https://fhir.rix.example/CodeSystem/access-task"
@@ -131,16 +131,6 @@ def query_of(event: dict[str, Any]) -> str | None:
         if "query" in e:
             return base64.b64decode(e["query"]).decode("utf-8")
     return None
-
-
-def _agathe_items(s: dict[str, str]) -> list[str]:
-    return [
-        f"Patient/{s['a1']}",
-        f"ImagingStudy/{s['study']}",
-        f"DocumentReference/{s['document']}",
-        f"List/{s['list']}",
-        f"Binary/{s['binary']}",
-    ]
 
 
 def _review_items(client: TestClient, headers: dict[str, str]) -> set[str]:

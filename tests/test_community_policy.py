@@ -33,7 +33,7 @@ from tests.conftest import Token, other_app
 from tests.identity.support import BLOIS, ROMORANTIN, TOURS
 from tests.test_break_glass import authz_events, grant_id, open_grant, subtype
 from tests.test_care_relationship import _ids, _link_at_tours, _scene
-from tests.test_consent_enforcement import _example, opposition, record
+from tests.test_consent_enforcement import _example, opposition, record, withdraw
 
 NOT_INFORMED = "no community-sharing consent (opt-in community)"
 
@@ -119,17 +119,6 @@ def _searched(client: TestClient, headers: dict[str, str], s: dict[str, str]) ->
     return found
 
 
-def _withdraw(client: TestClient, token: Token, consent: dict[str, Any], consent_id: str) -> None:
-    withdrawn = {
-        **consent,
-        "id": consent_id,
-        "status": "inactive",
-        "dateTime": "2026-01-10T09:00:00+01:00",
-    }
-    response = client.put(f"/fhir/Consent/{consent_id}", json=withdrawn, headers=token("registry"))
-    assert response.status_code == 200, response.text
-
-
 def test_an_opt_in_community_shares_only_what_the_patient_consented_to(
     client: TestClient, token: Token
 ) -> None:
@@ -172,7 +161,7 @@ def test_an_opt_in_community_shares_only_what_the_patient_consented_to(
         assert _searched(client, headers, s) == set(exams[:-1]), who
 
     # She withdraws: hidden again.
-    _withdraw(client, token, consent, consent_id)
+    withdraw(client, token, consent, consent_id)
     for who, headers in outsiders.items():
         assert _visible(client, headers, exams) == set(), who
 

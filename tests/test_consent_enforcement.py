@@ -94,6 +94,18 @@ def record(client: TestClient, token: Token, consent: dict[str, Any]) -> str:
 # -- helpers ------------------------------------------------------------------------------------
 
 
+def withdraw(client: TestClient, token: Token, consent: dict[str, Any], consent_id: str) -> None:
+    """The registry withdraws a decision: a new version, inactive, with a later dateTime."""
+    withdrawn = {
+        **consent,
+        "id": consent_id,
+        "status": "inactive",
+        "dateTime": "2026-01-10T09:00:00+01:00",
+    }
+    response = client.put(f"/fhir/Consent/{consent_id}", json=withdrawn, headers=token("registry"))
+    assert response.status_code == 200, response.text
+
+
 def _status(client: TestClient, ref: str, headers: dict[str, str]) -> int:
     return client.get(f"/fhir/{ref}", headers=headers).status_code
 
@@ -351,14 +363,7 @@ def test_a_withdrawal_shares_the_exams_again(client: TestClient, token: Token) -
     admin = token("admin")
     assert _status(client, f"ImagingStudy/{s['study']}", tours) == 404
     assert _status(client, f"ImagingStudy/{s['study']}", admin) == 404
-    withdrawn = {
-        **consent,
-        "id": consent_id,
-        "status": "inactive",
-        "dateTime": "2026-01-10T09:00:00+01:00",
-    }
-    response = client.put(f"/fhir/Consent/{consent_id}", json=withdrawn, headers=token("registry"))
-    assert response.status_code == 200, response.text
+    withdraw(client, token, consent, consent_id)
     for ref in _exam_items(s):
         assert _status(client, ref, tours) == 200, ref
         assert _status(client, ref, admin) == 200, ref

@@ -93,7 +93,13 @@ from httpx import Response
 from tests.conftest import Token
 from tests.identity.support import BLOIS, ROMORANTIN, TOURS, ipp
 from tests.test_care_relationship import REPORT, _link_at_tours, _scene
-from tests.test_consent_enforcement import break_glass, exam_opposition, opposition, record
+from tests.test_consent_enforcement import (
+    break_glass,
+    exam_opposition,
+    opposition,
+    record,
+    withdraw,
+)
 
 REQUEST_ID_URL = "https://fhir.rix.example/StructureDefinition/request-id"
 SUBJECT = "https://fhir.rix.example/sid/subject"
@@ -236,15 +242,7 @@ def opposed_one_exam(client: TestClient, token: Token, ids: dict[str, str]) -> N
 def withdrawn(client: TestClient, token: Token, ids: dict[str, str]) -> None:
     """An opposition, then its withdrawal (a new version, inactive, later dateTime)."""
     consent = opposition(ids["a1"], emergency=False)
-    consent_id = record(client, token, consent)
-    inactive = {
-        **consent,
-        "id": consent_id,
-        "status": "inactive",
-        "dateTime": "2026-01-10T09:00:00+01:00",
-    }
-    response = client.put(f"/fhir/Consent/{consent_id}", json=inactive, headers=token("registry"))
-    assert response.status_code == 200, response.text
+    withdraw(client, token, consent, record(client, token, consent))
 
 
 @dataclass(frozen=True)
