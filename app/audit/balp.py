@@ -137,6 +137,21 @@ def _server_agent() -> dict[str, Any]:
     }
 
 
+def _source(code: str, display: str) -> dict[str, Any]:
+    """AuditEvent.source: RIX, as the kind of source (security-source-type) the event needs."""
+    return {
+        "site": SOURCE_SITE,
+        "observer": {"display": "RIX"},
+        "type": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": code,
+                "display": display,
+            }
+        ],
+    }
+
+
 def audit_event(
     touch: Touch,
     *,
@@ -195,17 +210,7 @@ def audit_event(
         "recorded": format_instant(now_utc()),
         "outcome": outcome,
         "agent": agents,
-        "source": {
-            "site": SOURCE_SITE,
-            "observer": {"display": "RIX"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
+        "source": _source("4", "Application Server"),
     }
     if event_code is None:
         event["subtype"] = [{"system": RESTFUL, "code": touch.interaction}]
@@ -318,17 +323,7 @@ def authorization_event(
         "outcome": SUCCESS if permit else MINOR,
         "outcomeDesc": text,
         "agent": agents,
-        "source": {
-            "site": SOURCE_SITE,
-            "observer": {"display": "RIX"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "6",
-                    "display": "Security Server",
-                }
-            ],
-        },
+        "source": _source("6", "Security Server"),
         "entity": entities,
     }
     if principal is not None:

@@ -36,6 +36,7 @@ from app.imaging.writer import (
     _code,
     _part10,
     _sop_reference,
+    key_object_container,
     key_object_document,
     kos_from_imaging_study,
 )
@@ -123,13 +124,7 @@ def rejection_note(manifest: KosManifest, title: KosCode, *, now: datetime | Non
     ds.CurrentRequestedProcedureEvidenceSequence = Sequence([_rejected_evidence(manifest)])
     # SR Document Content (C.17.3) after TID 2010: the CID 7011 title, one reference per
     # instance (IOCM: the note lists every rejected instance, in the evidence and the tree).
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = Sequence([_code(title.value, title.scheme, title.meaning)])
-    ds.ContinuityOfContent = "SEPARATE"
-    template = Dataset()
-    template.MappingResource = "DCMR"
-    template.TemplateIdentifier = "2010"
-    ds.ContentTemplateSequence = Sequence([template])
+    key_object_container(ds, _code(title.value, title.scheme, title.meaning))
     items = []
     for series in manifest.series:
         for instance in series.instances:

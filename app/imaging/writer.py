@@ -279,13 +279,7 @@ def _content(
 ) -> None:
     """SR Document Content Module (C.17.3) after TID 2010: the Manifest container, an optional
     Key Object Description, then one IMAGE, WAVEFORM or COMPOSITE item per instance."""
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = Sequence([_code(*MANIFEST_TITLE)])
-    ds.ContinuityOfContent = "SEPARATE"
-    template = Dataset()
-    template.MappingResource = "DCMR"
-    template.TemplateIdentifier = "2010"
-    ds.ContentTemplateSequence = Sequence([template])
+    key_object_container(ds, _code(*MANIFEST_TITLE))
     items = []
     if description:
         text = Dataset()
@@ -353,3 +347,15 @@ def key_object_document(
     ds.SoftwareVersions = app.__version__
     ds.InstanceNumber = 1
     ds.ContentDate, ds.ContentTime = content_da, content_tm
+
+
+def key_object_container(ds: Dataset, title: Dataset) -> None:
+    """The root of a Key Object Selection's content tree (PS3.3 C.17.3, TID 2010): a
+    CONTAINER titled with a CID 7010/7011 code."""
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = Sequence([title])
+    ds.ContinuityOfContent = "SEPARATE"
+    template = Dataset()
+    template.MappingResource = "DCMR"
+    template.TemplateIdentifier = "2010"
+    ds.ContentTemplateSequence = Sequence([template])

@@ -11,12 +11,9 @@ from app.services.resources import HistoryResult, SearchResult
 def searchset(base: str, url: str, result: SearchResult) -> dict[str, Any]:
     """The searchset Bundle of a search result, with links pinned to its snapshot."""
     query = result.query
-    if result.next_offset is not None:
-        has_next = True
-    elif result.total is not None:
-        has_next = query.offset + len(result.matches) < result.total
-    else:
-        has_next = len(result.matches) == query.count and query.count > 0
+    has_next = _has_next(
+        result.next_offset, result.total, query.offset, len(result.matches), query.count
+    )
     links = paging_links(
         url,
         query.used,
@@ -61,12 +58,9 @@ def history(
                 "lastModified": s.resource["meta"]["lastUpdated"],
             }
         entries.append(entry)
-    if result.next_offset is not None:
-        has_next = True
-    elif result.total is not None:
-        has_next = result.offset + len(result.entries) < result.total
-    else:
-        has_next = len(result.entries) == result.count and result.count > 0
+    has_next = _has_next(
+        result.next_offset, result.total, result.offset, len(result.entries), result.count
+    )
     links = paging_links(
         url,
         pairs,
@@ -77,3 +71,15 @@ def history(
         next_offset=result.next_offset,
     )
     return bundle("history", entries, total=result.total, links=links)
+
+
+def _has_next(
+    next_offset: int | None, total: int | None, offset: int, shown: int, count: int
+) -> bool:
+    """Whether a page has a next one: it was filled past hidden items (`next_offset`), the
+    total says more follow, or, without a total, the page is full."""
+    if next_offset is not None:
+        return True
+    if total is not None:
+        return offset + shown < total
+    return shown == count and count > 0
